@@ -1,0 +1,10 @@
+"""lit-instruct: InstructGPT's SFT -> reward model -> PPO-ptx pipeline as PyTorch Lightning modules."""
+
+from lit_instruct.base import BaseDataModule, BaseModule
+from lit_instruct.models import TinyConfig
+from lit_instruct.sft import SFTDataModule, SFTModule
+from lit_instruct.strategies import CPUDeepSpeedStrategy
+
+__version__ = "0.1.0"
+
+__all__ = ["BaseDataModule", "BaseModule", "CPUDeepSpeedStrategy", "SFTDataModule", "SFTModule", "TinyConfig"]

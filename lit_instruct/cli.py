@@ -1,0 +1,60 @@
+"""The ``lit-instruct`` command.
+
+``lit-instruct fit|validate|test --config FILE [--config FILE ...]`` is LightningCLI: the stage's
+LightningModule and LightningDataModule are chosen by ``class_path`` in the YAML, and every constructor
+argument is a config key and a command-line flag (``--model.kl_coef 0.05``). ``lit-instruct export`` turns a
+checkpoint (a ZeRO folder included) into a Hugging Face directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import lightning as L
+from lightning.pytorch.cli import LightningCLI
+
+from lit_instruct.loggers import configure_wandb_env
+
+TOOLS = {"export": "convert a checkpoint (file or DeepSpeed ZeRO folder) into a Hugging Face export"}
+
+
+class LitInstructCLI(LightningCLI):
+    """LightningCLI with any LightningModule / LightningDataModule selectable by ``class_path``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf"} if _has_omegaconf() else {})
+        super().__init__(L.LightningModule, L.LightningDataModule, *args, **kwargs)
+
+
+def _has_omegaconf() -> bool:
+    try:
+        import omegaconf  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def export_main(argv: list[str]) -> None:
+    from lit_instruct.export import export_checkpoint
+
+    parser = argparse.ArgumentParser(prog="lit-instruct export", description=TOOLS["export"])
+    parser.add_argument("checkpoint", help="a .ckpt file, or the folder DeepSpeed ZeRO writes")
+    parser.add_argument("--out", required=True, help="directory of the Hugging Face export")
+    args = parser.parse_args(argv)
+    print(export_checkpoint(args.checkpoint, args.out))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "export":
+        return export_main(args[1:])
+    configure_wandb_env()
+    LitInstructCLI(args=argv)
+
+
+if __name__ == "__main__":
+    main()

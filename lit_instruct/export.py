@@ -1,0 +1,89 @@
+"""Hugging Face exports: the directory every stage leaves, and conversion of (ZeRO) checkpoints into one.
+
+An export holds the model (``config.json``, safetensors weights), the tokenizer, and ``lit_instruct.json``
+(stage, metrics, the config that trained it). ``transformers.AutoModelForCausalLM.from_pretrained`` and
+``AutoTokenizer.from_pretrained`` load it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+METADATA_FILE = "lit_instruct.json"
+
+
+def _is_zero3(strategy) -> bool:
+    return bool(getattr(strategy, "zero_stage_3", False))
+
+
+def full_state_dict(model: torch.nn.Module, strategy=None) -> dict[str, torch.Tensor] | None:
+    """The model's full state dict on CPU, gathering ZeRO-3 partitions (a collective: call on every rank).
+
+    Returns ``None`` on ranks other than 0 under ZeRO-3; elsewhere the model's own state dict.
+    """
+    if strategy is not None and _is_zero3(strategy):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+            if strategy.global_rank != 0:
+                return None
+            return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def save_export(model, tokenizer, out_dir: str | Path, metadata: dict, state_dict: dict | None = None) -> Path:
+    """Write an HF directory atomically (into a temporary sibling, then renamed), replacing any old one."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    try:
+        model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_metadata(export_dir: str | Path) -> dict:
+    """The ``lit_instruct.json`` of an export (empty for a plain Hugging Face directory)."""
+    path = Path(export_dir) / METADATA_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def load_checkpoint_file(checkpoint: str | Path) -> Path:
+    """A single-file Lightning checkpoint for ``checkpoint``: a ZeRO checkpoint folder is consolidated first."""
+    path = Path(checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"{checkpoint}: checkpoint not found")
+    if path.is_dir():
+        from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+
+        single = Path(tempfile.mkdtemp(prefix="lit-instruct-ckpt-")) / "consolidated.ckpt"
+        convert_zero_checkpoint_to_fp32_state_dict(str(path), str(single))
+        return single
+    return path
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
+    """Convert a Lightning checkpoint (a file, or a DeepSpeed ZeRO folder) of any lit-instruct stage to an export."""
+
+    from lit_instruct.utils import import_object
+
+    single = load_checkpoint_file(checkpoint)
+    ckpt = torch.load(single, map_location="cpu", weights_only=False)
+    info = ckpt.get("lit_instruct")
+    if not info:
+        raise ValueError(f"{checkpoint}: not a lit-instruct checkpoint (no 'lit_instruct' entry)")
+    cls = import_object(info["class_path"])
+    module = cls.load_from_checkpoint(single, map_location="cpu")
+    return module.export(out_dir, extra={"source_checkpoint": str(checkpoint)})

@@ -1,0 +1,226 @@
+"""The causal language-model LightningModule shared by the base (pretraining) and SFT stages.
+
+The two stages differ only in their data: the base stage puts a label on every token, SFT on response tokens
+only. The loss is :func:`lit_instruct.objectives.lm_loss` over whatever tokens carry a label.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+from torchmetrics import MeanMetric
+from torchmetrics.text import Perplexity
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+from lit_instruct import export as export_lib
+from lit_instruct.batching import pad
+from lit_instruct.callbacks import TokenThroughput
+from lit_instruct.loggers import log_table
+from lit_instruct.models import EMBEDDED, TinyConfig, context_length, load_causal_lm, load_tokenizer
+from lit_instruct.objectives import IGNORE_INDEX, lm_loss
+from lit_instruct.utils import class_path
+
+
+def default_optimizer(params, lr: float = 1e-4) -> torch.optim.Optimizer:
+    """AdamW with the paper's betas (0.9, 0.95). Override with any ``class_path`` under ``model.optimizer``."""
+    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+
+
+def parameter_groups(model: torch.nn.Module) -> list[dict]:
+    """Trainable parameters in two groups: matrices (weight-decayed by the optimizer's own setting), and
+    biases and norms (never decayed)."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "name": "decay"}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0, "name": "no_decay"})
+    return groups
+
+
+class CausalLMModule(L.LightningModule):
+    """Train a causal LM with the next-token loss on labelled tokens; export a Hugging Face directory at the end.
+
+    Args:
+        model_name_or_path: ``"embedded"`` (a tiny GPT-2 built from ``tiny``), a Hugging Face hub name, or a
+            local directory such as another stage's export.
+        tokenizer_name_or_path: Tokenizer to use; ``None`` takes the model's.
+        tiny: Size of the embedded model (ignored for other models).
+        residual_dropout: Residual/hidden dropout during training (the paper's SFT used 0.2); ``None`` keeps the
+            model config's value.
+        optimizer: Optimizer factory, e.g. ``class_path: torch.optim.AdamW`` or
+            ``bitsandbytes.optim.AdamW8bit``; receives two parameter groups (decayed, not decayed).
+        warmup_steps: Linear warm-up steps from 0 to the peak learning rate.
+        min_lr_ratio: Cosine decay ends at this fraction of the peak learning rate (paper: 0.1).
+        export_dir: Where the Hugging Face export is written at the end of fit; ``None``:
+            ``<trainer.default_root_dir>/export``.
+        num_sample_prompts: Validation prompts whose generations are logged as a table after each validation.
+        sample_max_new_tokens: Tokens generated per sample.
+        gradient_checkpointing: Recompute activations in the backward pass to save memory.
+        attn_implementation: Attention kernel for Hugging Face models (``"sdpa"``, ``"eager"``,
+            ``"flash_attention_2"``); ``None`` keeps the library's default.
+    """
+
+    stage = "lm"
+
+    def __init__(
+        self,
+        model_name_or_path: str = EMBEDDED,
+        tokenizer_name_or_path: Optional[str] = None,
+        tiny: TinyConfig = TinyConfig(),
+        residual_dropout: Optional[float] = None,
+        optimizer: OptimizerCallable = default_optimizer,
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.1,
+        export_dir: Optional[str] = None,
+        num_sample_prompts: int = 4,
+        sample_max_new_tokens: int = 48,
+        gradient_checkpointing: bool = False,
+        attn_implementation: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.optimizer_factory = optimizer
+        self.tokenizer = load_tokenizer(tokenizer_name_or_path or model_name_or_path, tiny)
+        self.model = load_causal_lm(
+            model_name_or_path,
+            self.tokenizer,
+            tiny=tiny,
+            residual_dropout=residual_dropout,
+            attn_implementation=attn_implementation,
+            gradient_checkpointing=gradient_checkpointing,
+        )
+        self.val_loss = MeanMetric()
+        self.val_perplexity = Perplexity(ignore_index=IGNORE_INDEX)
+        self.throughput = TokenThroughput()
+        self._fit_start = 0.0
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def context_length(self) -> int:
+        """Longest sequence the model takes."""
+        return context_length(self.model.config)
+
+    # ----------------------------------------------------------------- steps
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits  # (b, t, v)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        loss = lm_loss(logits, batch["labels"])
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        labels = batch["labels"]
+        tokens = (labels[:, 1:] != IGNORE_INDEX).sum()
+        self.val_loss.update(lm_loss(logits, labels), weight=tokens)
+        self.val_perplexity.update(logits[:, :-1].float(), labels[:, 1:])
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/loss", self.val_loss.compute(), prog_bar=True, sync_dist=True)
+        self.log("val/perplexity", self.val_perplexity.compute(), sync_dist=True)
+        self.val_loss.reset()
+        self.val_perplexity.reset()
+        if not self.trainer.sanity_checking:
+            self.log_samples()
+
+    # ----------------------------------------------------------------- samples
+    def sample_prompts(self) -> list[str]:
+        """Formatted validation prompts from the data module (``sample_prompts(n)``), if it offers any."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.hparams.num_sample_prompts <= 0 or not hasattr(datamodule, "sample_prompts"):
+            return []
+        return datamodule.sample_prompts(self.hparams.num_sample_prompts)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], max_new_tokens: int, do_sample: bool = False) -> list[str]:
+        """Continue each prompt (left-padded batch, KV cache); returns the generated text only."""
+        limit = max(1, self.context_length - max_new_tokens)
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"][-limit:] for p in prompts]
+        input_ids = pad(ids, self.tokenizer.pad_token_id, left=True).to(self.device)
+        attention_mask = pad([[1] * len(r) for r in ids], 0, left=True).to(self.device)
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        synced = bool(getattr(strategy, "zero_stage_3", False)) and strategy.world_size > 1
+        was_training = self.model.training
+        self.model.eval()
+        out = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+            synced_gpus=synced,
+        )
+        self.model.train(was_training)
+        return self.tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)
+
+    def log_samples(self) -> None:
+        prompts = self.sample_prompts()
+        if not prompts:
+            return
+        responses = self.generate(prompts, self.hparams.sample_max_new_tokens)
+        rows = [[self.global_step, p, r] for p, r in zip(prompts, responses)]
+        log_table(self.trainer, "val/samples", ["step", "prompt", "response"], rows)
+
+    # ----------------------------------------------------------------- optimisation
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer_factory(parameter_groups(self.model))
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+            optimizer,
+            num_warmup_steps=self.hparams.warmup_steps,
+            num_training_steps=max(total, 1),
+            min_lr_rate=self.hparams.min_lr_ratio,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [self.throughput]
+
+    # ----------------------------------------------------------------- checkpoints and export
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["lit_instruct"] = {"class_path": class_path(self), "stage": self.stage}
+
+    def on_fit_start(self) -> None:
+        self._fit_start = time.perf_counter()
+
+    def on_fit_end(self) -> None:
+        seconds = time.perf_counter() - self._fit_start
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
+        metrics["throughput/tokens_per_s"] = self.throughput.tokens_per_s
+        metrics["timing/fit_seconds"] = seconds
+        rank_zero_info(
+            f"[{self.stage}] fit took {seconds:.1f} s; {self.throughput.total_tokens} tokens trained at "
+            f"{self.throughput.tokens_per_s:.0f} tokens/s"
+        )
+        self.export(self.export_path(), extra={"metrics": metrics})
+
+    def export_path(self) -> Path:
+        if self.hparams.export_dir:
+            return Path(self.hparams.export_dir)
+        return Path(self.trainer.default_root_dir) / "export"
+
+    def export(self, out_dir: str | Path, extra: Optional[dict] = None) -> Path:
+        """Write the Hugging Face export of the current weights (a collective under ZeRO-3: call on every rank)."""
+        trainer = self._trainer
+        strategy = trainer.strategy if trainer is not None else None
+        state_dict = export_lib.full_state_dict(self.model, strategy)
+        out = Path(out_dir)
+        if strategy is None or strategy.global_rank == 0:
+            metadata = {"stage": self.stage, "class_path": class_path(self), "hparams": dict(self.hparams)}
+            metadata.update(extra or {})
+            export_lib.save_export(self.model, self.tokenizer, out, metadata, state_dict=state_dict)
+            rank_zero_info(f"[{self.stage}] exported Hugging Face model to {out}")
+        if strategy is not None:
+            strategy.barrier("export")
+        return out

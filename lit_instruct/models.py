@@ -1,0 +1,202 @@
+"""One place that builds backbones and tokenizers.
+
+``model_name_or_path`` is a Hugging Face hub name, a local directory (for example another stage's export),
+or ``"embedded"``: a tiny GPT-2-style model built from :class:`TinyConfig`, with a byte-level BPE tokenizer
+trained on the bundled text. The embedded default needs no download, so the whole pipeline runs offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedModel
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from lit_instruct import bundled
+
+EMBEDDED = "embedded"
+EOS_TOKEN = "<|endoftext|>"
+# The text the embedded tokenizer is trained on: the pretraining corpus and the instruction data.
+TOKENIZER_CORPUS = ("pretrain.txt", "sft.jsonl", "prompts.jsonl")
+_TOKENIZER_VERSION = "1"
+
+# Config attributes that hold residual / hidden dropout, across Hugging Face architectures.
+RESIDUAL_DROPOUT_ATTRS = ("resid_pdrop", "hidden_dropout", "hidden_dropout_prob", "dropout", "residual_dropout")
+ALL_DROPOUT_ATTRS = RESIDUAL_DROPOUT_ATTRS + ("embd_pdrop", "attn_pdrop", "attention_dropout", "summary_first_dropout")
+
+
+@dataclass
+class TinyConfig:
+    """Size of the embedded GPT-2-style model (used when ``model_name_or_path`` is ``"embedded"``)."""
+
+    n_layer: int = 2
+    """Transformer blocks."""
+    n_embd: int = 128
+    """Hidden size."""
+    n_head: int = 4
+    """Attention heads."""
+    n_positions: int = 256
+    """Context length in tokens."""
+    vocab_size: int = 4096
+    """Vocabulary of the embedded byte-level BPE tokenizer."""
+
+
+def cache_dir() -> Path:
+    """Where derived artefacts (the embedded tokenizer) are cached: ``$LIT_INSTRUCT_CACHE`` or ``~/.cache/lit_instruct``."""
+    return Path(os.environ.get("LIT_INSTRUCT_CACHE", Path.home() / ".cache" / "lit_instruct"))
+
+
+def _corpus_texts():
+    for name in TOKENIZER_CORPUS:
+        path = bundled.resolve(f"bundled:{name}")
+        if path.suffix == ".txt":
+            yield from path.read_text(encoding="utf-8").split("\n\n")
+        else:
+            with path.open(encoding="utf-8") as f:
+                for line in f:
+                    row = json.loads(line)
+                    yield from (row[k] for k in ("prompt", "response") if isinstance(row.get(k), str))
+
+
+def train_embedded_tokenizer(vocab_size: int = 4096) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer (GPT-2 style, no pad token) on the bundled text. Deterministic."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus_texts(), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN, unk_token=EOS_TOKEN)
+
+
+def embedded_tokenizer_dir(vocab_size: int = 4096) -> Path:
+    """Directory of the cached embedded tokenizer, trained on first use (atomic, safe across processes)."""
+    digest = hashlib.sha256(f"{_TOKENIZER_VERSION}:{vocab_size}".encode())
+    for name in TOKENIZER_CORPUS:
+        digest.update(bundled.resolve(f"bundled:{name}").read_bytes())
+    target = cache_dir() / "tokenizers" / f"embedded-{vocab_size}-{digest.hexdigest()[:12]}"
+    if not (target / "tokenizer.json").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+        train_embedded_tokenizer(vocab_size).save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process got there first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Give a tokenizer without a pad token one (its EOS token). Labels never come from pad ids, so this is safe."""
+    if tokenizer.eos_token is None:
+        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no EOS token; lit-instruct needs one to end responses")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_tokenizer(name_or_path: str, tiny: TinyConfig | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer for ``name_or_path`` (``"embedded"``, a hub name or a directory), with a pad token."""
+    if name_or_path == EMBEDDED:
+        path = embedded_tokenizer_dir((tiny or TinyConfig()).vocab_size)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    return ensure_pad_token(tokenizer)
+
+
+def set_dropout(config, residual_dropout: float | None) -> None:
+    """Set the dropout of a Hugging Face config: residual/hidden dropout to ``residual_dropout``.
+
+    The paper fine-tunes with residual dropout 0.2. ``None`` keeps the config's values. Raises when the
+    architecture has none of the known dropout attributes.
+    """
+    if residual_dropout is None:
+        return
+    found = [a for a in RESIDUAL_DROPOUT_ATTRS if hasattr(config, a)]
+    if not found:
+        raise ValueError(
+            f"cannot set residual dropout on model type {config.model_type!r}: its config has none of {RESIDUAL_DROPOUT_ATTRS}"
+        )
+    for attr in found:
+        setattr(config, attr, residual_dropout)
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Set every dropout probability in ``model`` to 0 (the RL stages run without dropout)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    for attr in ALL_DROPOUT_ATTRS:
+        if hasattr(model.config, attr) and isinstance(getattr(model.config, attr), float):
+            setattr(model.config, attr, 0.0)
+
+
+def context_length(config) -> int:
+    """The context length of a Hugging Face config."""
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length", "max_sequence_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise ValueError(f"cannot read the context length of model type {config.model_type!r}")
+
+
+def load_causal_lm(
+    name_or_path: str,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    tiny: TinyConfig | None = None,
+    residual_dropout: float | None = None,
+    attn_implementation: str | None = None,
+    gradient_checkpointing: bool = False,
+) -> PreTrainedModel:
+    """Build the causal LM backbone: the embedded tiny model from its config, or ``from_pretrained``."""
+    if name_or_path == EMBEDDED:
+        tiny = tiny or TinyConfig()
+        config = GPT2Config(
+            vocab_size=len(tokenizer),
+            n_positions=tiny.n_positions,
+            n_embd=tiny.n_embd,
+            n_layer=tiny.n_layer,
+            n_head=tiny.n_head,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
+        set_dropout(config, residual_dropout)
+        model = GPT2LMHeadModel(config)
+    else:
+        config = AutoConfig.from_pretrained(name_or_path)
+        set_dropout(config, residual_dropout)
+        kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, config=config, **kwargs)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        raise ValueError(
+            f"tokenizer has {len(tokenizer)} tokens but model {name_or_path!r} embeds only "
+            f"{model.get_input_embeddings().num_embeddings}: they do not belong together"
+        )
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
