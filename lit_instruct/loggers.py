@@ -39,6 +39,7 @@ def log_table(trainer, key: str, columns: list[str], rows: list[list]) -> None:
     W&B gets a ``wandb.Table``, TensorBoard a markdown text; every logger with a folder also gets
     ``<log_dir>/<key>.jsonl`` (one line per logging step), so samples survive whatever the logger.
     """
+    folder = trainer.log_dir or trainer.default_root_dir  # a collective (broadcast): every rank must ask
     if not trainer.is_global_zero:
         return
     step = trainer.global_step
@@ -50,7 +51,6 @@ def log_table(trainer, key: str, columns: list[str], rows: list[list]) -> None:
             header = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
             body = "".join("| " + " | ".join(str(c).replace("\n", " ").replace("|", "\\|") for c in r) + " |\n" for r in rows)
             logger.experiment.add_text(key, header + body, global_step=step)
-    folder = trainer.log_dir or trainer.default_root_dir
     if folder:
         path = Path(folder) / (key.replace("/", "_") + ".jsonl")
         path.parent.mkdir(parents=True, exist_ok=True)

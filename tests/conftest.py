@@ -44,7 +44,7 @@ def tiny_overrides(tmp_path: Path, stage: str = "sft") -> list[str]:
         "--trainer.default_root_dir", str(tmp_path),
         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
         "--trainer.logger.save_dir", str(tmp_path),
-        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+        "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint",  # replaces the config's list
         "--trainer.callbacks.dirpath", str(tmp_path / "checkpoints"),
         "--trainer.callbacks.save_last", "true",
         "--model.export_dir", str(tmp_path / "export"),
