@@ -1,5 +1,13 @@
 """lit-instruct: InstructGPT's SFT -> reward model -> PPO-ptx pipeline as PyTorch Lightning modules."""
 
+import os as _os
+
+import torch as _torch
+
+if not _torch.cuda.is_available():
+    # DeepSpeed would otherwise warn on stdout at import that it fell back to the CPU.
+    _os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
 from lit_instruct.base import BaseDataModule, BaseModule
 from lit_instruct.models import TinyConfig
 from lit_instruct.sft import SFTDataModule, SFTModule
