@@ -30,19 +30,20 @@ def _seed():
 def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``lit-instruct ARGS`` in a fresh process (as a user would), returning the completed process."""
     full_env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore", **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if v is not None}
     return subprocess.run(
         [sys.executable, "-m", "lit_instruct", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
     )
 
 
-def tiny_overrides(tmp_path: Path, stage: str = "sft") -> list[str]:
-    """Flags that shrink a tiny config to a few steps, logging to CSV under ``tmp_path``."""
+def tiny_overrides(tmp_path: Path, logger: str = "lightning.pytorch.loggers.CSVLogger") -> list[str]:
+    """Flags that shrink a tiny config to a few steps, logging under ``tmp_path`` (CSV unless ``logger`` says)."""
     return [
         "--trainer.max_steps", "6",
         "--trainer.limit_val_batches", "2",
         "--trainer.val_check_interval", "3",
         "--trainer.default_root_dir", str(tmp_path),
-        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+        "--trainer.logger", logger,
         "--trainer.logger.save_dir", str(tmp_path),
         "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint",  # replaces the config's list
         "--trainer.callbacks.dirpath", str(tmp_path / "checkpoints"),

@@ -22,8 +22,14 @@ def test_packing_joins_documents_with_eos_into_full_blocks(tokenizer):
     assert len(blocks) == len(stream) // 4
 
 
-def test_cli_base_stage_trains_and_exports(tmp_path):
-    done = run_cli("fit", "--config", str(CONFIGS / "base" / "tiny.yaml"), *tiny_overrides(tmp_path))
+def test_cli_base_stage_trains_and_exports_with_wandb_offline(tmp_path):
+    """With no W&B API key the config's WandbLogger runs offline, leaving a run folder for `wandb sync`."""
+    env = {"WANDB_MODE": None, "WANDB_API_KEY": None, "HOME": str(tmp_path / "home"), "WANDB_DIR": None}
+    logger = "lightning.pytorch.loggers.WandbLogger"
+    done = run_cli("fit", "--config", str(CONFIGS / "base" / "tiny.yaml"), *tiny_overrides(tmp_path, logger), env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "export" / "model.safetensors").is_file()
     assert "held-out documents" in done.stderr + done.stdout
+    assert "logging offline" in done.stderr + done.stdout
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))

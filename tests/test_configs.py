@@ -45,3 +45,15 @@ def test_trainer_config_composes_after_a_stage_config(config):
     assert cfg["trainer"]["devices"] == own["trainer"]["devices"]
     if "model" in own:  # offload configs switch to DeepSpeed's CPU Adam
         assert cfg["model"]["init_args"]["optimizer"]["class_path"] == own["model"]["init_args"]["optimizer"]["class_path"]
+
+
+def test_optimizer_is_selectable_in_yaml_including_8bit_adamw():
+    cfg = print_config(CONFIGS / "sft" / "tiny.yaml")
+    assert cfg["model"]["init_args"]["optimizer"]["init_args"]["betas"] == [0.9, 0.95]
+    out = io.StringIO()
+    args = ["fit", "--config", str(CONFIGS / "sft" / "tiny.yaml"), "--model.optimizer", "bitsandbytes.optim.AdamW8bit",
+            "--model.optimizer.lr", "1e-3", "--print_config"]
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        main(args)
+    optimizer = yaml.safe_load(out.getvalue())["model"]["init_args"]["optimizer"]
+    assert optimizer["class_path"] == "bitsandbytes.optim.AdamW8bit" and optimizer["init_args"]["lr"] == 1e-3
