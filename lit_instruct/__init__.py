@@ -10,9 +10,20 @@ if not _torch.cuda.is_available():
 
 from lit_instruct.base import BaseDataModule, BaseModule
 from lit_instruct.models import TinyConfig
+from lit_instruct.reward import RewardDataModule, RewardModel, RewardModule
 from lit_instruct.sft import SFTDataModule, SFTModule
 from lit_instruct.strategies import CPUDeepSpeedStrategy
 
 __version__ = "0.1.0"
 
-__all__ = ["BaseDataModule", "BaseModule", "CPUDeepSpeedStrategy", "SFTDataModule", "SFTModule", "TinyConfig"]
+__all__ = [
+    "BaseDataModule",
+    "BaseModule",
+    "CPUDeepSpeedStrategy",
+    "RewardDataModule",
+    "RewardModel",
+    "RewardModule",
+    "SFTDataModule",
+    "SFTModule",
+    "TinyConfig",
+]

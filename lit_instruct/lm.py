@@ -6,8 +6,6 @@ only. The loss is :func:`lit_instruct.objectives.lm_loss` over whatever tokens c
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
@@ -18,13 +16,12 @@ from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from lit_instruct import export as export_lib
 from lit_instruct.batching import pad
 from lit_instruct.callbacks import TokenThroughput
 from lit_instruct.loggers import log_table
 from lit_instruct.models import EMBEDDED, TinyConfig, context_length, load_causal_lm, load_tokenizer
 from lit_instruct.objectives import IGNORE_INDEX, lm_loss
-from lit_instruct.utils import class_path
+from lit_instruct.stage import Stage
 
 
 def default_optimizer(params, lr: float = 1e-4) -> torch.optim.Optimizer:
@@ -45,7 +42,7 @@ def parameter_groups(model: torch.nn.Module) -> list[dict]:
     return groups
 
 
-class CausalLMModule(L.LightningModule):
+class CausalLMModule(Stage):
     """Train a causal LM with the next-token loss on labelled tokens; export a Hugging Face directory at the end.
 
     Args:
@@ -100,7 +97,6 @@ class CausalLMModule(L.LightningModule):
         self.val_loss = MeanMetric()
         self.val_perplexity = Perplexity(ignore_index=IGNORE_INDEX)
         self.throughput = TokenThroughput()
-        self._fit_start = 0.0
 
     # ----------------------------------------------------------------- properties
     @property
@@ -187,40 +183,15 @@ class CausalLMModule(L.LightningModule):
     def configure_callbacks(self) -> list[L.Callback]:
         return [self.throughput]
 
-    # ----------------------------------------------------------------- checkpoints and export
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["lit_instruct"] = {"class_path": class_path(self), "stage": self.stage}
+    # ----------------------------------------------------------------- export
+    def export_target(self):
+        return self.model, self.tokenizer
 
-    def on_fit_start(self) -> None:
-        self._fit_start = time.perf_counter()
-
-    def on_fit_end(self) -> None:
-        seconds = time.perf_counter() - self._fit_start
-        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
+    def fit_metrics(self) -> dict[str, float]:
+        metrics = super().fit_metrics()
         metrics["throughput/tokens_per_s"] = self.throughput.tokens_per_s
-        metrics["timing/fit_seconds"] = seconds
         rank_zero_info(
-            f"[{self.stage}] fit took {seconds:.1f} s; {self.throughput.total_tokens} tokens trained at "
-            f"{self.throughput.tokens_per_s:.0f} tokens/s"
+            f"[{self.stage}] fit took {metrics['timing/fit_seconds']:.1f} s; {self.throughput.total_tokens} tokens "
+            f"trained at {self.throughput.tokens_per_s:.0f} tokens/s"
         )
-        self.export(self.export_path(), extra={"metrics": metrics})
-
-    def export_path(self) -> Path:
-        if self.hparams.export_dir:
-            return Path(self.hparams.export_dir)
-        return Path(self.trainer.default_root_dir) / "export"
-
-    def export(self, out_dir: str | Path, extra: Optional[dict] = None) -> Path:
-        """Write the Hugging Face export of the current weights (a collective under ZeRO-3: call on every rank)."""
-        trainer = self._trainer
-        strategy = trainer.strategy if trainer is not None else None
-        state_dict = export_lib.full_state_dict(self.model, strategy)
-        out = Path(out_dir)
-        if strategy is None or strategy.global_rank == 0:
-            metadata = {"stage": self.stage, "class_path": class_path(self), "hparams": dict(self.hparams)}
-            metadata.update(extra or {})
-            export_lib.save_export(self.model, self.tokenizer, out, metadata, state_dict=state_dict)
-            rank_zero_info(f"[{self.stage}] exported Hugging Face model to {out}")
-        if strategy is not None:
-            strategy.barrier("export")
-        return out
+        return metrics

@@ -108,13 +108,28 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerB
     return tokenizer
 
 
+def check_source(name_or_path: str) -> str:
+    """Fail early, and clearly, when ``name_or_path`` is meant as a local directory that does not exist.
+
+    A hub id has at most one ``/`` and never starts with ``.``, ``/`` or ``~``; anything else is a path.
+    """
+    if name_or_path == EMBEDDED or Path(name_or_path).expanduser().exists():
+        return name_or_path
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or os.sep != "/" and os.sep in name_or_path:
+        raise FileNotFoundError(
+            f"{name_or_path}: model directory not found (run the stage that exports it first, or point the config "
+            "at a Hugging Face hub name or another directory)"
+        )
+    return name_or_path
+
+
 def load_tokenizer(name_or_path: str, tiny: TinyConfig | None = None) -> PreTrainedTokenizerBase:
     """The tokenizer for ``name_or_path`` (``"embedded"``, a hub name or a directory), with a pad token."""
     if name_or_path == EMBEDDED:
         path = embedded_tokenizer_dir((tiny or TinyConfig()).vocab_size)
         tokenizer = AutoTokenizer.from_pretrained(path)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(check_source(name_or_path))
     return ensure_pad_token(tokenizer)
 
 
@@ -182,7 +197,7 @@ def load_causal_lm(
         set_dropout(config, residual_dropout)
         model = GPT2LMHeadModel(config)
     else:
-        config = AutoConfig.from_pretrained(name_or_path)
+        config = AutoConfig.from_pretrained(check_source(name_or_path))
         set_dropout(config, residual_dropout)
         kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
         model = AutoModelForCausalLM.from_pretrained(name_or_path, config=config, **kwargs)

@@ -36,9 +36,10 @@ def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 600, env: dict | None =
     )
 
 
-def tiny_overrides(tmp_path: Path, logger: str = "lightning.pytorch.loggers.CSVLogger") -> list[str]:
+def tiny_overrides(tmp_path: Path, logger: str = "lightning.pytorch.loggers.CSVLogger", samples: bool = True) -> list[str]:
     """Flags that shrink a tiny config to a few steps, logging under ``tmp_path`` (CSV unless ``logger`` says)."""
-    return [
+    sample_flags = ["--model.num_sample_prompts", "2", "--model.sample_max_new_tokens", "4"] if samples else []
+    return sample_flags + [
         "--trainer.max_steps", "6",
         "--trainer.limit_val_batches", "2",
         "--trainer.val_check_interval", "3",
@@ -49,6 +50,4 @@ def tiny_overrides(tmp_path: Path, logger: str = "lightning.pytorch.loggers.CSVL
         "--trainer.callbacks.dirpath", str(tmp_path / "checkpoints"),
         "--trainer.callbacks.save_last", "true",
         "--model.export_dir", str(tmp_path / "export"),
-        "--model.num_sample_prompts", "2",
-        "--model.sample_max_new_tokens", "4",
     ]

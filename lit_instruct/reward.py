@@ -1,0 +1,555 @@
+"""Reward-model stage: K-way rankings, all C(K,2) pairs of a prompt in one batch element, ties dropped.
+
+A :class:`RewardModel` is a causal LM's transformer without its unembedding, plus a scalar head read at the
+last real token of ``prompt + completion + EOS``, plus a normalisation shift (so that SFT demonstrations score
+0 on average, as in the paper). Load an export with :meth:`RewardModel.from_pretrained` and score
+``(prompt, completion)`` pairs with :meth:`RewardModel.score`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader
+from torchmetrics import MeanMetric
+from torchmetrics.classification import BinaryAccuracy
+from transformers import AutoModel, GPT2Config, GPT2Model, get_cosine_with_min_lr_schedule_with_warmup
+
+from lit_instruct import bundled
+from lit_instruct.batching import pad
+from lit_instruct.callbacks import TokenThroughput
+from lit_instruct.export import read_metadata
+from lit_instruct.lm import default_optimizer, parameter_groups
+from lit_instruct.models import EMBEDDED, TinyConfig, check_source, context_length, load_tokenizer, set_dropout
+from lit_instruct.objectives import ranking_loss
+from lit_instruct.prompts import DEFAULT_TEMPLATE, format_prompt, format_response
+from lit_instruct.records import DataError, Problem, check_text_fields, raise_problems, read_rows, split
+from lit_instruct.stage import Stage
+
+HEAD_FILE = "reward_head.safetensors"
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token of each row, with padding on the right or on the left. (b, t) -> (b,)."""
+    t = attention_mask.shape[1]
+    return t - 1 - attention_mask.flip(-1).long().argmax(-1)
+
+
+def encode_pair(tokenizer, prompt_ids: list[int], completion: str, max_length: int) -> tuple[list[int], bool]:
+    """``prompt + " " + completion + EOS`` as ids, cut at ``max_length`` (the flag says whether it was cut)."""
+    ids = prompt_ids + tokenizer(format_response(completion), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return ids[:max_length], len(ids) > max_length
+
+
+class RewardModel(nn.Module):
+    """Scalar reward: transformer (no unembedding) -> linear head at the last real token, plus ``reward_shift``."""
+
+    def __init__(self, backbone: nn.Module, tokenizer, prompt_template: str = DEFAULT_TEMPLATE) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.prompt_template = prompt_template
+        hidden = backbone.config.hidden_size
+        self.head = nn.Linear(hidden, 1)
+        nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(hidden + 1))
+        nn.init.zeros_(self.head.bias)
+        self.register_buffer("reward_shift", torch.zeros(()))
+        self.normalization: dict | None = None
+
+    @property
+    def config(self):
+        return self.backbone.config
+
+    @property
+    def context_length(self) -> int:
+        return context_length(self.backbone.config)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_causal_lm(
+        cls,
+        name_or_path: str,
+        tokenizer,
+        *,
+        tiny: TinyConfig | None = None,
+        residual_dropout: float | None = None,
+        gradient_checkpointing: bool = False,
+        prompt_template: str = DEFAULT_TEMPLATE,
+    ) -> "RewardModel":
+        """A new reward model from a causal LM (``"embedded"``, hub name or directory): its unembedding is dropped."""
+        if name_or_path == EMBEDDED:
+            tiny = tiny or TinyConfig()
+            config = GPT2Config(
+                vocab_size=len(tokenizer), n_positions=tiny.n_positions, n_embd=tiny.n_embd, n_layer=tiny.n_layer,
+                n_head=tiny.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            )
+            set_dropout(config, residual_dropout)
+            backbone = GPT2Model(config)
+        else:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(check_source(name_or_path))
+            set_dropout(config, residual_dropout)
+            backbone = AutoModel.from_pretrained(name_or_path, config=config)
+        if len(tokenizer) > backbone.get_input_embeddings().num_embeddings:
+            raise ValueError(f"tokenizer has {len(tokenizer)} tokens but {name_or_path!r} embeds fewer: they do not belong together")
+        if gradient_checkpointing:
+            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return cls(backbone, tokenizer, prompt_template)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, require_normalization: bool = True) -> "RewardModel":
+        """Load a reward-model export (the stage's output). Refuses one that was never normalised, unless told."""
+        path = Path(path)
+        if not (path / HEAD_FILE).is_file():
+            raise FileNotFoundError(f"{path}: not a lit-instruct reward model export (no {HEAD_FILE})")
+        meta = read_metadata(path)
+        normalization = meta.get("normalization")
+        if require_normalization and not normalization:
+            raise ValueError(
+                f"{path}: this reward model has no normalisation (the shift that gives SFT demonstrations a mean "
+                "reward of 0); re-run the reward stage with data.demonstrations_file set, or pass require_normalization=False"
+            )
+        tokenizer = load_tokenizer(str(path))
+        model = cls(AutoModel.from_pretrained(path), tokenizer, meta.get("prompt_template", DEFAULT_TEMPLATE))
+        state = load_file(path / HEAD_FILE)
+        model.head.load_state_dict({"weight": state["head.weight"], "bias": state["head.bias"]})
+        model.reward_shift.copy_(state["reward_shift"])
+        model.normalization = normalization
+        return model.eval()
+
+    def save_pretrained(self, path: str | Path, state_dict: dict | None = None, **kwargs) -> None:
+        """Write the backbone as a Hugging Face model, and the head and shift to ``reward_head.safetensors``."""
+        path = Path(path)
+        state_dict = state_dict if state_dict is not None else self.state_dict()
+        backbone = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+        self.backbone.save_pretrained(path, state_dict=backbone, safe_serialization=True)
+        head = {k: v.contiguous() for k, v in state_dict.items() if k.startswith("head.") or k == "reward_shift"}
+        save_file(head, path / HEAD_FILE)
+
+    # ------------------------------------------------------------------ scoring
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Rewards of (b, t) sequences: (b,), read at each row's last real token, shift included."""
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state  # (b, t, h)
+        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(attention_mask)]  # (b, h)
+        return self.head(last).squeeze(-1).float() + self.reward_shift
+
+    @torch.no_grad()
+    def score(self, prompts: list[str], completions: list[str], batch_size: int = 16, max_length: int | None = None) -> torch.Tensor:
+        """Normalised rewards of ``(prompts[i], completions[i])`` pairs, in batches. Returns a (n,) CPU tensor."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"score: {len(prompts)} prompts but {len(completions)} completions")
+        max_length = max_length or self.context_length
+        device = next(self.parameters()).device
+        out = []
+        for start in range(0, len(prompts), batch_size):
+            rows = []
+            for p, c in zip(prompts[start : start + batch_size], completions[start : start + batch_size]):
+                prompt_ids = self.tokenizer(format_prompt(p, self.prompt_template), add_special_tokens=False)["input_ids"]
+                ids, _ = encode_pair(self.tokenizer, prompt_ids[-(max_length - 1):], c, max_length)
+                rows.append(ids)
+            input_ids = pad(rows, self.tokenizer.pad_token_id).to(device)
+            mask = pad([[1] * len(r) for r in rows], 0).to(device)
+            out.append(self(input_ids, mask).cpu())
+        return torch.cat(out)
+
+
+# ====================================================================== data
+
+
+def check_ranked_row(row: dict) -> Optional[str]:
+    """The problem with a ranked row (``prompt``, ``completions``, ``ranking``) or a pairwise row
+    (``prompt``, ``chosen``, ``rejected``), or ``None``."""
+    if "chosen" in row or "rejected" in row:
+        problem = check_text_fields(row, ("prompt", "chosen", "rejected"))
+        if problem:
+            return problem
+        if row["chosen"].strip() == row["rejected"].strip():
+            return "'chosen' equals 'rejected': no comparison to learn from"
+        return None
+    problem = check_text_fields(row, ("prompt",))
+    if problem:
+        return problem
+    completions, ranking = row.get("completions"), row.get("ranking")
+    if not isinstance(completions, list):
+        return "missing field 'completions' (a list of strings), or 'chosen' and 'rejected'"
+    if len(completions) < 2:
+        return f"K < 2: a ranking needs at least 2 completions, got {len(completions)}"
+    for i, c in enumerate(completions):
+        if not isinstance(c, str):
+            return f"completions[{i}] must be a string, got {type(c).__name__}"
+        if not c.strip():
+            return f"completions[{i}] is empty"
+    if not isinstance(ranking, list):
+        return "missing field 'ranking' (a list of integer ranks, 0 = best)"
+    if len(ranking) != len(completions):
+        return f"'ranking' has {len(ranking)} entries for {len(completions)} completions"
+    for i, r in enumerate(ranking):
+        if isinstance(r, bool) or not isinstance(r, int):
+            return f"ranking[{i}] must be an integer, got {r!r}"
+    if len(set(ranking)) == 1:
+        return f"all {len(ranking)} completions are tied: no comparison to learn from"
+    return None
+
+
+def as_ranking(row: dict) -> tuple[str, list[str], list[int]]:
+    """(prompt, completions, ranks) of a validated row; a pairwise row is K = 2 with ranks [0, 1]."""
+    if "chosen" in row:
+        return row["prompt"], [row["chosen"], row["rejected"]], [0, 1]
+    return row["prompt"], list(row["completions"]), list(row["ranking"])
+
+
+@dataclass
+class RankedStats:
+    prompts: int = 0
+    completions: int = 0
+    comparisons: int = 0
+    truncated: int = 0
+    skipped: list[Problem] = field(default_factory=list)
+
+
+def expand_to_pairs(groups: list[dict]) -> list[dict]:
+    """The ablation: every non-tied pair of every prompt as its own K = 2 example."""
+    pairs = []
+    for g in groups:
+        ids, ranks = g["input_ids"], g["ranks"]
+        for i in range(len(ids)):
+            for j in range(len(ids)):
+                if ranks[i] < ranks[j]:
+                    pairs.append({"input_ids": [ids[i], ids[j]], "ranks": [0, 1], "prompt": g["prompt"]})
+    return pairs
+
+
+class RankedCollator:
+    """Collate prompts with K_i completions each: every completion is one row of a flat (n, t) batch.
+
+    ``group``/``slot`` place row r at ``[group[r], slot[r]]`` of the (b, k_max) reward grid; ``ranks`` and
+    ``mask`` are (b, k_max); ``comparisons`` counts the non-tied pairs.
+    """
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, groups: list[dict]) -> dict[str, torch.Tensor]:
+        rows, group, slot = [], [], []
+        k_max = max(len(g["input_ids"]) for g in groups)
+        ranks = torch.full((len(groups), k_max), 0, dtype=torch.long)
+        mask = torch.zeros((len(groups), k_max), dtype=torch.bool)
+        comparisons = 0
+        for b, g in enumerate(groups):
+            for k, ids in enumerate(g["input_ids"]):
+                rows.append(ids)
+                group.append(b)
+                slot.append(k)
+            ranks[b, : len(g["ranks"])] = torch.as_tensor(g["ranks"])
+            mask[b, : len(g["ranks"])] = True
+            comparisons += sum(ri < rj for ri in g["ranks"] for rj in g["ranks"])
+        return {
+            "input_ids": pad(rows, self.pad_token_id),
+            "attention_mask": pad([[1] * len(r) for r in rows], 0),
+            "group": torch.as_tensor(group),
+            "slot": torch.as_tensor(slot),
+            "ranks": ranks,
+            "mask": mask,
+            "comparisons": torch.tensor(comparisons),
+        }
+
+
+class RewardDataModule(L.LightningDataModule):
+    """Rankings of K completions per prompt (K may vary row to row; ties allowed) and pairwise comparisons.
+
+    Rows are ``{"prompt", "completions": [...], "ranking": [...]}`` (``ranking[i]`` is the rank of
+    ``completions[i]``, 0 = best, equal = tie) or ``{"prompt", "chosen", "rejected"}``. A batch element is one
+    prompt with all of its completions.
+
+    Args:
+        train_file: JSONL of rankings or pairs (``bundled:rank.jsonl``, ``bundled:pairs.jsonl``).
+        val_file: JSONL for validation; ``None`` splits ``train_file`` deterministically by prompt.
+        val_fraction: Share of prompts held out when ``val_file`` is ``None``.
+        split_seed: Seed of the deterministic split.
+        only_permissive: Keep only rows whose ``license`` is Apache-2.0 or MIT.
+        prompt_template: Template for single-turn prompts (as in SFT; it is stored with the export).
+        max_length: Longest prompt + completion in tokens; ``None`` uses the model's context length.
+        min_completion_tokens: A row whose prompt leaves less room than this for completions is over-long.
+        overlong: Over-long rows are ``"skip"``-ped (counted and logged) or an ``"error"``.
+        pair_mode: ``"grouped"`` (the paper: all pairs of a prompt in one batch element, each completion
+            through the model once) or ``"shuffled_pairs"`` (the ablation that overfit: every pair an
+            independent example, batches then count pairs).
+        batch_size: Prompts per batch (pairs in ``shuffled_pairs`` mode), per process.
+        demonstrations_file: SFT demonstrations whose mean reward is set to 0 after training (the paper's
+            normalisation); ``None`` skips it, and PPO will refuse the export.
+        normalization_rows: How many demonstrations (a fixed, hash-ordered subset) to average over.
+        num_workers: DataLoader workers.
+        tokenizer_name_or_path: Tokenizer; ``None`` takes the model's.
+    """
+
+    def __init__(
+        self,
+        train_file: str = "bundled:rank.jsonl",
+        val_file: Optional[str] = None,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        only_permissive: bool = False,
+        prompt_template: str = DEFAULT_TEMPLATE,
+        max_length: Optional[int] = None,
+        min_completion_tokens: int = 8,
+        overlong: Literal["skip", "error"] = "skip",
+        pair_mode: Literal["grouped", "shuffled_pairs"] = "grouped",
+        batch_size: int = 8,
+        demonstrations_file: Optional[str] = "bundled:sft.jsonl",
+        normalization_rows: int = 256,
+        num_workers: int = 0,
+        tokenizer_name_or_path: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.tokenizer = None
+        self.train_groups: list[dict] = []
+        self.val_groups: list[dict] = []
+        self.max_length = 0
+
+    def read(self, path: str) -> list[tuple[int, dict]]:
+        keep = (lambda row: bundled.is_permissive(row.get("license"))) if self.hparams.only_permissive else None
+        return read_rows(path, check_ranked_row, keep=keep)
+
+    def encode(self, rows: list[tuple[int, dict]], path: str, stats: RankedStats) -> list[dict]:
+        h = self.hparams
+        groups = []
+        for line, row in rows:
+            prompt, completions, ranks = as_ranking(row)
+            prompt_ids = self.tokenizer(format_prompt(prompt, h.prompt_template), add_special_tokens=False)["input_ids"]
+            room = self.max_length - len(prompt_ids)
+            if room < h.min_completion_tokens:
+                stats.skipped.append(Problem(path, line, f"prompt is {len(prompt_ids)} tokens, leaving {max(room, 0)} of the {self.max_length}-token context for completions"))
+                continue
+            encoded = [encode_pair(self.tokenizer, prompt_ids, c, self.max_length) for c in completions]
+            stats.prompts += 1
+            stats.completions += len(encoded)
+            stats.truncated += sum(cut for _, cut in encoded)
+            stats.comparisons += sum(ri < rj for ri in ranks for rj in ranks)
+            groups.append({"input_ids": [ids for ids, _ in encoded], "ranks": ranks, "prompt": prompt})
+        return groups
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_groups:
+            return
+        h = self.hparams
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if module is not None and not h.tokenizer_name_or_path:
+            self.tokenizer = module.tokenizer
+        else:
+            self.tokenizer = load_tokenizer(h.tokenizer_name_or_path or EMBEDDED)
+        self.max_length = h.max_length or (module.context_length if module is not None else 256)
+        self.prepare()
+
+    def prepare(self) -> None:
+        """Read, validate and tokenise both splits (called by :meth:`setup`; usable without a Trainer)."""
+        h = self.hparams
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(h.tokenizer_name_or_path or EMBEDDED)
+        self.max_length = self.max_length or h.max_length or 256
+        rows = self.read(h.train_file)
+        if h.val_file:
+            train_rows, val_rows, val_path = rows, self.read(h.val_file), h.val_file
+        else:
+            train_rows, val_rows = split(rows, lambda r: r[1]["prompt"], h.val_fraction, h.split_seed)
+            val_path = h.train_file
+        if not val_rows:
+            raise DataError(f"{h.train_file}: the validation split is empty (raise val_fraction or give val_file)")
+        train_stats, val_stats = RankedStats(), RankedStats()
+        self.train_groups = self.encode(train_rows, h.train_file, train_stats)
+        self.val_groups = self.encode(val_rows, val_path, val_stats)
+        skipped = train_stats.skipped + val_stats.skipped
+        if skipped and h.overlong == "error":
+            raise_problems(skipped, "over-long rows; set data.overlong=skip to drop them instead")
+        if not self.train_groups or not self.val_groups:
+            raise DataError(f"{h.train_file}: no rows left after skipping over-long ones")
+        self.stats = {"train": train_stats, "val": val_stats}
+        rank_zero_info(
+            f"[reward data] {train_stats.prompts} train / {val_stats.prompts} val prompts from {h.train_file}: "
+            f"{train_stats.completions} / {val_stats.completions} completions, {train_stats.comparisons} / "
+            f"{val_stats.comparisons} comparisons; {train_stats.truncated + val_stats.truncated} completions cut to "
+            f"{self.max_length} tokens; {len(skipped)} over-long rows skipped" + (f" (first: {skipped[0]})" if skipped else "")
+            + (f"; pair_mode={h.pair_mode}" if h.pair_mode != "grouped" else "")
+        )
+
+    def train_examples(self) -> list[dict]:
+        if self.hparams.pair_mode == "shuffled_pairs":
+            return expand_to_pairs(self.train_groups)
+        return self.train_groups
+
+    def demonstrations(self) -> list[tuple[str, str]]:
+        """(prompt, response) pairs for the normalisation: a fixed subset of ``demonstrations_file``."""
+        h = self.hparams
+        if not h.demonstrations_file:
+            return []
+        rows = read_rows(h.demonstrations_file, lambda r: check_text_fields(r, ("prompt", "response")))
+        ordered = sorted(rows, key=lambda r: hashlib.sha256(r[1]["prompt"].encode()).hexdigest())
+        return [(r["prompt"], r["response"]) for _, r in ordered[: h.normalization_rows]]
+
+    def _loader(self, examples: list[dict], shuffle: bool) -> DataLoader:
+        return DataLoader(examples, batch_size=self.hparams.batch_size, shuffle=shuffle,
+                          collate_fn=RankedCollator(self.tokenizer.pad_token_id), num_workers=self.hparams.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_examples(), shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_groups, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+
+# ====================================================================== module
+
+
+class RewardModule(Stage):
+    """Train a reward model on rankings with InstructGPT's grouped loss; normalise it; export it.
+
+    Args:
+        model_name_or_path: The causal LM to start from: usually the SFT export; ``"embedded"`` builds a fresh
+            tiny model; any Hugging Face causal LM (hub name or directory) works.
+        tokenizer_name_or_path: Tokenizer; ``None`` takes the model's.
+        tiny: Size of the embedded model (ignored for other models).
+        residual_dropout: Residual/hidden dropout; ``None`` keeps the model config's value.
+        optimizer: Optimizer factory (paper: Adam, LR 9e-6, cosine to 10%).
+        warmup_steps: Linear warm-up steps.
+        min_lr_ratio: Cosine decay ends at this fraction of the peak learning rate.
+        export_dir: Where the reward-model export is written; ``None``: ``<default_root_dir>/export``.
+        max_k: Validation accuracy is also reported per K for K = 2..max_k (larger K share the last bucket).
+        gradient_checkpointing: Recompute activations in the backward pass to save memory.
+    """
+
+    stage = "reward"
+
+    def __init__(
+        self,
+        model_name_or_path: str = EMBEDDED,
+        tokenizer_name_or_path: Optional[str] = None,
+        tiny: TinyConfig = TinyConfig(),
+        residual_dropout: Optional[float] = None,
+        optimizer: OptimizerCallable = default_optimizer,
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.1,
+        export_dir: Optional[str] = None,
+        max_k: int = 9,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.optimizer_factory = optimizer
+        self.tokenizer = load_tokenizer(tokenizer_name_or_path or model_name_or_path, tiny)
+        self.rm = RewardModel.from_causal_lm(
+            model_name_or_path, self.tokenizer, tiny=tiny, residual_dropout=residual_dropout,
+            gradient_checkpointing=gradient_checkpointing,
+        )
+        self.val_loss = MeanMetric()
+        self.val_margin = MeanMetric()
+        self.val_accuracy = BinaryAccuracy()
+        self.val_accuracy_by_k = nn.ModuleDict({str(k): BinaryAccuracy() for k in range(2, max_k + 1)})
+        self.throughput = TokenThroughput()
+
+    @property
+    def context_length(self) -> int:
+        return self.rm.context_length
+
+    def rewards(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The (b, k_max) reward grid: every completion of every prompt through the model exactly once."""
+        flat = self.rm(batch["input_ids"], batch["attention_mask"])  # (n,)
+        grid = flat.new_zeros(batch["mask"].shape)
+        return grid.index_put((batch["group"], batch["slot"]), flat)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = ranking_loss(self.rewards(batch), batch["ranks"], batch["mask"])
+        self.log("train/loss", out["loss"], prog_bar=True)
+        self.log("train/accuracy", (out["pair_margin"] > 0).float().mean(), prog_bar=True)
+        self.log("train/margin", out["pair_margin"].mean())
+        return out["loss"]
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        out = ranking_loss(self.rewards(batch), batch["ranks"], batch["mask"])
+        self.val_loss.update(out["loss"], weight=batch["mask"].shape[0])
+        self.val_margin.update(out["pair_margin"])
+        probs = torch.sigmoid(out["pair_margin"])
+        self.val_accuracy.update(probs, torch.ones_like(probs, dtype=torch.long))
+        bucket = out["pair_k"].clamp(max=self.hparams.max_k)
+        for k in bucket.unique().tolist():
+            sel = bucket == k
+            self.val_accuracy_by_k[str(k)].update(probs[sel], torch.ones_like(probs[sel], dtype=torch.long))
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/loss", self.val_loss.compute(), prog_bar=True, sync_dist=True)
+        self.log("val/accuracy", self.val_accuracy.compute(), prog_bar=True, sync_dist=True)
+        self.log("val/margin", self.val_margin.compute(), sync_dist=True)
+        for k, metric in self.val_accuracy_by_k.items():
+            if metric.update_count:
+                self.log(f"val/accuracy_k{k}", metric.compute(), sync_dist=True)
+            metric.reset()
+        for metric in (self.val_loss, self.val_margin, self.val_accuracy):
+            metric.reset()
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(parameter_groups(self.rm))
+        scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+            optimizer, num_warmup_steps=self.hparams.warmup_steps,
+            num_training_steps=max(int(self.trainer.estimated_stepping_batches), 1), min_lr_rate=self.hparams.min_lr_ratio,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
+
+    def configure_callbacks(self):
+        return [self.throughput]
+
+    # ------------------------------------------------------------------ normalisation and export
+    @torch.no_grad()
+    def normalize(self, demonstrations: list[tuple[str, str]], batch_size: int = 16) -> float:
+        """Set ``reward_shift`` so that the demonstrations' mean reward is 0; returns the shift.
+
+        Every process scores the same demonstrations (a collective under ZeRO-3)."""
+        was_training = self.rm.training
+        self.rm.eval()
+        self.rm.reward_shift.zero_()
+        raw = self.rm.score([p for p, _ in demonstrations], [r for _, r in demonstrations], batch_size=batch_size)
+        shift = -float(raw.mean())
+        self.rm.reward_shift.fill_(shift)
+        self.rm.normalization = {"shift": shift, "raw_mean": -shift, "raw_std": float(raw.std()), "rows": len(demonstrations)}
+        self.rm.train(was_training)
+        return shift
+
+    def on_fit_end(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        demos = datamodule.demonstrations() if hasattr(datamodule, "demonstrations") else []
+        if demos:
+            shift = self.normalize(demos)
+            rank_zero_info(f"[reward] normalised on {len(demos)} demonstrations: shift {shift:+.4f} (raw std {self.rm.normalization['raw_std']:.4f})")
+            for logger in self.trainer.loggers:
+                logger.log_metrics({"reward/normalization_shift": shift}, step=self.trainer.global_step)
+            self.rm.normalization["file"] = datamodule.hparams.demonstrations_file
+        else:
+            rank_zero_info("[reward] no demonstrations_file: the export is not normalised, and PPO will refuse it")
+        if datamodule is not None:
+            self.rm.prompt_template = datamodule.hparams.prompt_template
+        super().on_fit_end()
+
+    def fit_metrics(self) -> dict[str, float]:
+        metrics = super().fit_metrics()
+        metrics["throughput/tokens_per_s"] = self.throughput.tokens_per_s
+        metrics["throughput/comparisons_per_s"] = self.throughput.comparisons_per_s
+        return metrics
+
+    def export_target(self):
+        return self.rm, self.tokenizer
+
+    def export_metadata(self) -> dict:
+        return {"normalization": self.rm.normalization, "prompt_template": self.rm.prompt_template}
