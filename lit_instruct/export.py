@@ -86,4 +86,5 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
         raise ValueError(f"{checkpoint}: not a lit-instruct checkpoint (no 'lit_instruct' entry)")
     cls = import_object(info["class_path"])
     module = cls.load_from_checkpoint(single, map_location="cpu")
+    module.prepare_export_from_checkpoint(ckpt)
     return module.export(out_dir, extra={"source_checkpoint": str(checkpoint)})

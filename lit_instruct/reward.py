@@ -459,6 +459,7 @@ class RewardModule(Stage):
         self.val_margin = MeanMetric()
         self.val_accuracy = BinaryAccuracy()
         self.val_accuracy_by_k = nn.ModuleDict({str(k): BinaryAccuracy() for k in range(2, max_k + 1)})
+        self.val_length_baseline = MeanMetric()
         self.throughput = TokenThroughput()
 
     @property
@@ -480,6 +481,12 @@ class RewardModule(Stage):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = ranking_loss(self.rewards(batch), batch["ranks"], batch["mask"])
+        # The same comparisons judged by length alone ("the longer completion wins", ties count half): a reward
+        # model should beat it, and on AI-judged data it is strong.
+        lengths = batch["attention_mask"].sum(-1).float()
+        by_length = ranking_loss(lengths.new_zeros(batch["mask"].shape).index_put((batch["group"], batch["slot"]), lengths),
+                                 batch["ranks"], batch["mask"])["pair_margin"]
+        self.val_length_baseline.update((by_length > 0).float() + 0.5 * (by_length == 0).float())
         self.val_loss.update(out["loss"], weight=batch["mask"].shape[0])
         self.val_margin.update(out["pair_margin"])
         probs = torch.sigmoid(out["pair_margin"])
@@ -493,11 +500,12 @@ class RewardModule(Stage):
         self.log("val/loss", self.val_loss.compute(), prog_bar=True, sync_dist=True)
         self.log("val/accuracy", self.val_accuracy.compute(), prog_bar=True, sync_dist=True)
         self.log("val/margin", self.val_margin.compute(), sync_dist=True)
+        self.log("val/length_baseline_accuracy", self.val_length_baseline.compute(), sync_dist=True)
         for k, metric in self.val_accuracy_by_k.items():
             if metric.update_count:
                 self.log(f"val/accuracy_k{k}", metric.compute(), sync_dist=True)
             metric.reset()
-        for metric in (self.val_loss, self.val_margin, self.val_accuracy):
+        for metric in (self.val_loss, self.val_margin, self.val_accuracy, self.val_length_baseline):
             metric.reset()
 
     def configure_optimizers(self):
@@ -526,6 +534,15 @@ class RewardModule(Stage):
         self.rm.normalization = {"shift": shift, "raw_mean": -shift, "raw_std": float(raw.std()), "rows": len(demonstrations)}
         self.rm.train(was_training)
         return shift
+
+    def prepare_export_from_checkpoint(self, checkpoint: dict) -> None:
+        """Checkpoints are written before the normalisation: redo it from the data module's saved settings."""
+        settings = {k: v for k, v in (checkpoint.get("datamodule_hyper_parameters") or {}).items() if not k.startswith("_")}
+        if settings.get("demonstrations_file"):
+            data = RewardDataModule(**settings)
+            self.normalize(data.demonstrations())
+            self.rm.normalization["file"] = settings["demonstrations_file"]
+            self.rm.prompt_template = data.hparams.prompt_template
 
     def on_fit_end(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)

@@ -27,6 +27,9 @@ class Stage(L.LightningModule):
         """Extra entries for ``lit_instruct.json``."""
         return {}
 
+    def prepare_export_from_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Finish what ``on_fit_end`` would have done before exporting a converted checkpoint (default: nothing)."""
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lit_instruct"] = {"class_path": class_path(self), "stage": self.stage}
 

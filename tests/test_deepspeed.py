@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO-2 and ZeRO-3 on two CPU processes: SFT trains, exports, and its ZeRO checkpoint converts."""
+"""DeepSpeed ZeRO-2 and ZeRO-3 on two CPU processes: SFT and the reward model train, export, and convert."""
 
 import pytest
 import torch
@@ -48,3 +48,23 @@ def test_zero2_and_zero3_train_the_same_weights(zero_runs):
     torch.manual_seed(1234)
     init = load_causal_lm("embedded", load_tokenizer("embedded")).state_dict()
     assert not torch.equal(init["transformer.h.0.attn.c_attn.weight"], a["transformer.h.0.attn.c_attn.weight"])
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_reward_model_trains_under_zero(zero_runs, tmp_path, stage):
+    """The reward stage under ZeRO-2/3 from the SFT export of the same run; its checkpoint converts too."""
+    from lit_instruct import RewardModel
+
+    done = run_cli(
+        "fit", "--config", str(CONFIGS / "reward" / "tiny.yaml"), "--config", str(CONFIGS / "trainer" / f"cpu_zero{stage}.yaml"),
+        *tiny_overrides(tmp_path, samples=False), "--model.model_name_or_path", str(zero_runs[stage] / "export"),
+        "--data.normalization_rows", "16", "--data.batch_size", "2", timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    rm = RewardModel.from_pretrained(tmp_path / "export")
+    assert rm.normalization["rows"] == 16
+    converted = run_cli("export", str(tmp_path / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "converted"))
+    assert converted.returncode == 0, converted.stderr[-3000:]
+    again = RewardModel.from_pretrained(tmp_path / "converted")  # re-normalised from the checkpoint's data settings
+    a, b = rm.state_dict(), again.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

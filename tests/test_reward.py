@@ -125,6 +125,7 @@ def test_tiny_reward_model_learns_well_above_chance(trained):
             total += out["pair_margin"].numel()
     assert correct / total > 0.6, correct / total
     assert "val/accuracy" in trainer.callback_metrics and "val/accuracy_k9" in trainer.callback_metrics
+    assert 0.5 < float(trainer.callback_metrics["val/length_baseline_accuracy"]) < 1.0
 
 
 def test_export_is_normalised_and_scores_in_batches(trained):
