@@ -6,7 +6,7 @@ side puts each of a prompt's K completions through the model once; the expanded 
 pairs through as two sequences (2*C(K,2) rows), in chunks no larger than the grouped batch. Steps alternate
 between the two sides, so machine noise hits both alike. Prints a table and one JSON line.
 
-    python benchmarks/reward_grouped_vs_pairs.py                    # K = 4, K = 9, rank.jsonl as it is
+    python benchmarks/reward_grouped_vs_pairs.py                    # K = 4, K = 9, rank.jsonl as it is, and tie-free
     python benchmarks/reward_grouped_vs_pairs.py --settings k9 --steps 4 --prompts-per-step 4
 """
 
@@ -30,7 +30,10 @@ from lit_instruct.reward import RankedCollator, RewardModel, as_ranking, check_r
 
 def load_groups(setting: str, tokenizer, max_length: int) -> list[dict]:
     """Prompts of ``rank.jsonl`` for a setting: ``k4`` (first 4 completions of rows with K >= 4), ``k9`` (rows
-    with K = 9), ``asis`` (every row as it is). Rows left with only ties are dropped."""
+    with K = 9), ``asis`` (every row as it is). A ``strict`` suffix breaks ties by position (all C(K,2) pairs
+    count: the case the paper's 8x at K = 9 describes). Rows left with only ties are dropped."""
+    strict = setting.endswith("strict")
+    setting = setting.removesuffix("strict")
     groups = []
     for _, row in read_rows("bundled:rank.jsonl", check_ranked_row):
         prompt, completions, ranks = as_ranking(row)
@@ -40,6 +43,9 @@ def load_groups(setting: str, tokenizer, max_length: int) -> list[dict]:
             completions, ranks = completions[:4], ranks[:4]
         elif setting == "k9" and len(completions) != 9:
             continue
+        if strict:  # rank by (rank, position): no ties
+            order = sorted(range(len(ranks)), key=lambda i: (ranks[i], i))
+            ranks = [order.index(i) for i in range(len(ranks))]
         if len(set(ranks)) < 2:
             continue
         prompt_ids = tokenizer(format_prompt(prompt), add_special_tokens=False)["input_ids"][-(max_length // 2):]
@@ -127,7 +133,8 @@ def run_setting(setting: str, args, tokenizer) -> dict:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--settings", default="k4,k9,asis", help="comma-separated: k4, k9, asis")
+    parser.add_argument("--settings", default="k4,k9,asis,k4strict,k9strict",
+                        help="comma-separated: k4, k9, asis; a 'strict' suffix breaks ties by position")
     parser.add_argument("--model", default="embedded", help="causal LM to start from (embedded, hub name or directory)")
     parser.add_argument("--prompts-per-step", type=int, default=8)
     parser.add_argument("--steps", type=int, default=6, help="timed steps per side")
@@ -141,10 +148,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results = [run_setting(s, args, tokenizer) for s in args.settings.split(",")]
     print(f"machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
           f"model {args.model}, {args.prompts_per_step} prompts/step, {args.steps} timed steps, max_length {args.max_length}")
-    print(f"{'setting':8} {'mean K':>6} {'comparisons':>11} {'rows grouped':>12} {'rows expanded':>13} "
+    print(f"{'setting':9} {'mean K':>6} {'comparisons':>11} {'rows grouped':>12} {'rows expanded':>13} "
           f"{'grouped cmp/s':>13} {'expanded cmp/s':>14} {'speedup':>7} {'row ratio':>9}")
     for r in results:
-        print(f"{r['setting']:8} {r['mean_k']:6.2f} {r['comparisons']:11d} {r['rows_grouped']:12d} {r['rows_expanded']:13d} "
+        print(f"{r['setting']:9} {r['mean_k']:6.2f} {r['comparisons']:11d} {r['rows_grouped']:12d} {r['rows_expanded']:13d} "
               f"{r['grouped_comparisons_per_s']:13.1f} {r['expanded_comparisons_per_s']:14.1f} {r['speedup']:6.2f}x {r['row_ratio']:8.2f}x")
     print(json.dumps({"benchmark": "reward_grouped_vs_pairs", "results": results}))
     return results
