@@ -10,6 +10,7 @@ if not _torch.cuda.is_available():
 
 from lit_instruct.base import BaseDataModule, BaseModule
 from lit_instruct.models import TinyConfig
+from lit_instruct.ppo_ptx import PPOPtxDataModule, PPOPtxModule
 from lit_instruct.reward import RewardDataModule, RewardModel, RewardModule
 from lit_instruct.sft import SFTDataModule, SFTModule
 from lit_instruct.strategies import CPUDeepSpeedStrategy
@@ -20,6 +21,8 @@ __all__ = [
     "BaseDataModule",
     "BaseModule",
     "CPUDeepSpeedStrategy",
+    "PPOPtxDataModule",
+    "PPOPtxModule",
     "RewardDataModule",
     "RewardModel",
     "RewardModule",

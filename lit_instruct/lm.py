@@ -6,40 +6,18 @@ only. The loss is :func:`lit_instruct.objectives.lm_loss` over whatever tokens c
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
-import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
-from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from lit_instruct.batching import pad
-from lit_instruct.callbacks import TokenThroughput
 from lit_instruct.loggers import log_table
 from lit_instruct.models import EMBEDDED, TinyConfig, context_length, load_causal_lm, load_tokenizer
 from lit_instruct.objectives import IGNORE_INDEX, lm_loss
-from lit_instruct.stage import Stage
-
-
-def default_optimizer(params, lr: float = 1e-4) -> torch.optim.Optimizer:
-    """AdamW with the paper's betas (0.9, 0.95). Override with any ``class_path`` under ``model.optimizer``."""
-    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
-
-
-def parameter_groups(model: torch.nn.Module) -> list[dict]:
-    """Trainable parameters in two groups: matrices (weight-decayed by the optimizer's own setting), and
-    biases and norms (never decayed)."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "name": "decay"}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0, "name": "no_decay"})
-    return groups
+from lit_instruct.stage import Stage, default_optimizer
 
 
 class CausalLMModule(Stage):
@@ -96,7 +74,6 @@ class CausalLMModule(Stage):
         )
         self.val_loss = MeanMetric()
         self.val_perplexity = Perplexity(ignore_index=IGNORE_INDEX)
-        self.throughput = TokenThroughput()
 
     # ----------------------------------------------------------------- properties
     @property
@@ -168,30 +145,9 @@ class CausalLMModule(Stage):
         rows = [[self.global_step, p, r] for p, r in zip(prompts, responses)]
         log_table(self.trainer, "val/samples", ["step", "prompt", "response"], rows)
 
-    # ----------------------------------------------------------------- optimisation
-    def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = self.optimizer_factory(parameter_groups(self.model))
-        total = int(self.trainer.estimated_stepping_batches)
-        scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-            optimizer,
-            num_warmup_steps=self.hparams.warmup_steps,
-            num_training_steps=max(total, 1),
-            min_lr_rate=self.hparams.min_lr_ratio,
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
-
-    def configure_callbacks(self) -> list[L.Callback]:
-        return [self.throughput]
-
     # ----------------------------------------------------------------- export
     def export_target(self):
         return self.model, self.tokenizer
 
-    def fit_metrics(self) -> dict[str, float]:
-        metrics = super().fit_metrics()
-        metrics["throughput/tokens_per_s"] = self.throughput.tokens_per_s
-        rank_zero_info(
-            f"[{self.stage}] fit took {metrics['timing/fit_seconds']:.1f} s; {self.throughput.total_tokens} tokens "
-            f"trained at {self.throughput.tokens_per_s:.0f} tokens/s"
-        )
-        return metrics
+    def trained_module(self) -> torch.nn.Module:
+        return self.model

@@ -70,3 +70,151 @@ def ranking_loss(rewards: torch.Tensor, ranks: torch.Tensor, mask: torch.Tensor)
         "pair_margin": margin[pairs],
         "pair_k": k[:, None, None].expand_as(pairs)[pairs],
     }
+
+
+# ---------------------------------------------------------------------------------------------- PPO
+# Shapes: b rollouts, t response tokens; ``mask`` (b, t) is 1 on response tokens up to and including the last
+# (EOS or the length limit) and 0 on padding after it.
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of ``x`` where ``mask`` is 1 (over everything, or along ``dim``)."""
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Unbiased variance of ``x`` where ``mask`` is 1."""
+    mean = masked_mean(x, mask)
+    n = mask.sum()
+    return masked_mean((x - mean) ** 2, mask) * n / (n - 1).clamp(min=1)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """Normalise ``x`` to unit variance (and zero mean, unless ``shift_mean`` is False) over the masked entries;
+    masked-out entries become 0."""
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+def last_index(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last 1 in each row of a (b, t) mask (0 for an empty row)."""
+    t = mask.shape[1]
+    positions = torch.arange(t, device=mask.device).expand_as(mask)
+    return (positions * mask.long()).amax(dim=1)
+
+
+def kl_penalized_rewards(
+    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, kl_coef: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards of InstructGPT's objective: ``-kl_coef * (logp - logp_ref)`` at every response token, plus
+    the reward model's score at the last response token.
+
+    logprobs, ref_logprobs, mask: (b, t); scores: (b,). Returns (rewards, kl), both (b, t) and 0 on padding.
+    """
+    kl = (logprobs - ref_logprobs) * mask
+    rewards = -kl_coef * kl
+    rows = torch.arange(rewards.shape[0], device=rewards.device)
+    rewards[rows, last_index(mask)] += scores.to(rewards.dtype)
+    return rewards, kl
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, discount: float = 1.0, lam: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over response tokens (the episode ends at the last masked token).
+
+    rewards, values, mask: (b, t). ``delta_t = r_t + discount * V_{t+1} - V_t`` with ``V`` = 0 past the end;
+    ``A_t = delta_t + discount * lam * A_{t+1}``. Returns (advantages, returns = advantages + values), 0 on padding.
+    """
+    values = values * mask
+    advantages = torch.zeros_like(rewards)
+    next_value = torch.zeros_like(rewards[:, 0])
+    next_advantage = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        delta = rewards[:, t] + discount * next_value - values[:, t]
+        next_advantage = (delta + discount * lam * next_advantage) * mask[:, t]
+        advantages[:, t] = next_advantage
+        next_value = values[:, t]
+    return advantages, (advantages + values) * mask
+
+
+def clipped_policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: float = 0.2
+) -> dict[str, torch.Tensor]:
+    """PPO's clipped surrogate, ``-min(ratio * A, clip(ratio, 1-clip, 1+clip) * A)``, averaged over response tokens.
+
+    Also returns ``clipfrac`` (share of tokens where the clipped term was chosen) and ``approxkl``
+    (``0.5 * mean((logp - logp_old)^2)``). All inputs (b, t).
+    """
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    return {
+        "loss": masked_mean(torch.maximum(unclipped, clipped), mask),
+        "clipfrac": masked_mean((clipped > unclipped).float(), mask),
+        "approxkl": 0.5 * masked_mean(log_ratio**2, mask),
+    }
+
+
+def clipped_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float = 0.2
+) -> dict[str, torch.Tensor]:
+    """The clipped value loss ``0.5 * max((V - R)^2, (clip(V, V_old +- clip) - R)^2)`` over response tokens, and
+    ``clipfrac``. All inputs (b, t)."""
+    clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)
+    unclipped = (values - returns) ** 2
+    clipped = (clipped_values - returns) ** 2
+    return {
+        "loss": 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask),
+        "clipfrac": masked_mean((clipped > unclipped).float(), mask),
+    }
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the categorical distribution at each position: (..., v) -> (...)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def explained_variance(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``1 - Var[target - predicted] / Var[target]`` over masked entries."""
+    return 1.0 - masked_var(target - predicted, mask) / masked_var(target, mask).clamp(min=1e-8)
+
+
+class FixedKLController:
+    """A constant KL coefficient (the paper: beta = 0.02)."""
+
+    def __init__(self, kl_coef: float) -> None:
+        self.value = kl_coef
+
+    def update(self, kl: float, n_steps: int) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = state["value"]
+
+
+class AdaptiveKLController(FixedKLController):
+    """Ziegler et al.'s controller: ``err = clip(KL/target - 1, -0.2, 0.2); beta *= 1 + err * n_steps / horizon``.
+
+    ``kl`` is the mean KL per response (nats), ``n_steps`` the episodes since the last update.
+    """
+
+    def __init__(self, kl_coef: float, target: float, horizon: float) -> None:
+        super().__init__(kl_coef)
+        self.target = target
+        self.horizon = horizon
+
+    def update(self, kl: float, n_steps: int) -> None:
+        error = min(max(kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_steps / self.horizon

@@ -21,20 +21,18 @@ from lightning.pytorch.utilities import rank_zero_info
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import BinaryAccuracy
-from transformers import AutoModel, GPT2Config, GPT2Model, get_cosine_with_min_lr_schedule_with_warmup
+from transformers import AutoModel, GPT2Config, GPT2Model
 
 from lit_instruct import bundled
 from lit_instruct.batching import pad
-from lit_instruct.callbacks import TokenThroughput
 from lit_instruct.export import read_metadata
-from lit_instruct.lm import default_optimizer, parameter_groups
 from lit_instruct.models import EMBEDDED, TinyConfig, check_source, context_length, load_tokenizer, set_dropout
 from lit_instruct.objectives import ranking_loss
 from lit_instruct.prompts import DEFAULT_TEMPLATE, format_prompt, format_response
 from lit_instruct.records import DataError, Problem, check_text_fields, raise_problems, read_rows, split
-from lit_instruct.stage import Stage
+from lit_instruct.stage import Stage, default_optimizer
 
 HEAD_FILE = "reward_head.safetensors"
 
@@ -139,11 +137,20 @@ class RewardModel(nn.Module):
         save_file(head, path / HEAD_FILE)
 
     # ------------------------------------------------------------------ scoring
+    def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The head at every position, shift included: (b, t) -> (b, t). The critic's per-token values.
+
+        Position ids follow the attention mask, so left- and right-padded rows give the same outputs."""
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        hidden = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state  # (b, t, h)
+        return self.head(hidden).squeeze(-1).float() + self.reward_shift
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Rewards of (b, t) sequences: (b,), read at each row's last real token, shift included."""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state  # (b, t, h)
-        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(attention_mask)]  # (b, h)
-        return self.head(last).squeeze(-1).float() + self.reward_shift
+        values = self.values(input_ids, attention_mask)  # (b, t)
+        return values[torch.arange(values.shape[0], device=values.device), last_token_index(attention_mask)]
 
     @torch.no_grad()
     def score(self, prompts: list[str], completions: list[str], batch_size: int = 16, max_length: int | None = None) -> torch.Tensor:
@@ -415,6 +422,31 @@ class RewardDataModule(L.LightningDataModule):
 # ====================================================================== module
 
 
+class PairAccuracyByK(Metric):
+    """Pairwise accuracy per K (the number of completions of the pair's prompt); K >= ``max_k`` share a bucket.
+
+    The counts are summed across processes, so every process reports the same Ks (a per-K metric that only
+    some processes had updated would deadlock the collective).
+    """
+
+    full_state_update = False
+
+    def __init__(self, max_k: int) -> None:
+        super().__init__()
+        self.max_k = max_k
+        self.add_state("correct", default=torch.zeros(max_k + 1), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.zeros(max_k + 1), dist_reduce_fx="sum")
+
+    def update(self, pair_margin: torch.Tensor, pair_k: torch.Tensor) -> None:
+        k = pair_k.clamp(max=self.max_k).long()
+        self.correct.index_add_(0, k, (pair_margin > 0).float())
+        self.total.index_add_(0, k, torch.ones_like(pair_margin, dtype=torch.float))
+
+    def compute(self) -> dict[int, torch.Tensor]:
+        return {k: self.correct[k] / self.total[k] for k in range(2, self.max_k + 1) if self.total[k] > 0}
+
+
+
 class RewardModule(Stage):
     """Train a reward model on rankings with InstructGPT's grouped loss; normalise it; export it.
 
@@ -458,9 +490,8 @@ class RewardModule(Stage):
         self.val_loss = MeanMetric()
         self.val_margin = MeanMetric()
         self.val_accuracy = BinaryAccuracy()
-        self.val_accuracy_by_k = nn.ModuleDict({str(k): BinaryAccuracy() for k in range(2, max_k + 1)})
+        self.val_accuracy_by_k = PairAccuracyByK(max_k)
         self.val_length_baseline = MeanMetric()
-        self.throughput = TokenThroughput()
 
     @property
     def context_length(self) -> int:
@@ -491,33 +522,20 @@ class RewardModule(Stage):
         self.val_margin.update(out["pair_margin"])
         probs = torch.sigmoid(out["pair_margin"])
         self.val_accuracy.update(probs, torch.ones_like(probs, dtype=torch.long))
-        bucket = out["pair_k"].clamp(max=self.hparams.max_k)
-        for k in bucket.unique().tolist():
-            sel = bucket == k
-            self.val_accuracy_by_k[str(k)].update(probs[sel], torch.ones_like(probs[sel], dtype=torch.long))
+        self.val_accuracy_by_k.update(out["pair_margin"], out["pair_k"])
 
     def on_validation_epoch_end(self) -> None:
         self.log("val/loss", self.val_loss.compute(), prog_bar=True, sync_dist=True)
         self.log("val/accuracy", self.val_accuracy.compute(), prog_bar=True, sync_dist=True)
         self.log("val/margin", self.val_margin.compute(), sync_dist=True)
         self.log("val/length_baseline_accuracy", self.val_length_baseline.compute(), sync_dist=True)
-        for k, metric in self.val_accuracy_by_k.items():
-            if metric.update_count:
-                self.log(f"val/accuracy_k{k}", metric.compute(), sync_dist=True)
-            metric.reset()
-        for metric in (self.val_loss, self.val_margin, self.val_accuracy, self.val_length_baseline):
+        for k, accuracy in self.val_accuracy_by_k.compute().items():  # synced: every rank logs the same Ks
+            self.log(f"val/accuracy_k{k}", accuracy)
+        for metric in (self.val_loss, self.val_margin, self.val_accuracy, self.val_length_baseline, self.val_accuracy_by_k):
             metric.reset()
 
-    def configure_optimizers(self):
-        optimizer = self.optimizer_factory(parameter_groups(self.rm))
-        scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-            optimizer, num_warmup_steps=self.hparams.warmup_steps,
-            num_training_steps=max(int(self.trainer.estimated_stepping_batches), 1), min_lr_rate=self.hparams.min_lr_ratio,
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
-
-    def configure_callbacks(self):
-        return [self.throughput]
+    def trained_module(self) -> nn.Module:
+        return self.rm
 
     # ------------------------------------------------------------------ normalisation and export
     @torch.no_grad()
@@ -558,12 +576,6 @@ class RewardModule(Stage):
         if datamodule is not None:
             self.rm.prompt_template = datamodule.hparams.prompt_template
         super().on_fit_end()
-
-    def fit_metrics(self) -> dict[str, float]:
-        metrics = super().fit_metrics()
-        metrics["throughput/tokens_per_s"] = self.throughput.tokens_per_s
-        metrics["throughput/comparisons_per_s"] = self.throughput.comparisons_per_s
-        return metrics
 
     def export_target(self):
         return self.rm, self.tokenizer

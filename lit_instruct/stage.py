@@ -10,14 +10,62 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
 from lit_instruct import export as export_lib
+from lit_instruct.callbacks import TokenThroughput
 from lit_instruct.utils import class_path
 
 
+def default_optimizer(params, lr: float = 1e-4) -> torch.optim.Optimizer:
+    """AdamW with the paper's betas (0.9, 0.95). Override with any ``class_path`` under ``model.optimizer``."""
+    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+
+
+def parameter_groups(model: torch.nn.Module) -> list[dict]:
+    """Trainable parameters in two groups: matrices (weight-decayed by the optimizer's own setting), and
+    biases and norms (never decayed)."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "name": "decay"}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0, "name": "no_decay"})
+    return groups
+
+
 class Stage(L.LightningModule):
-    """Base class of the stage modules. Subclasses set :attr:`stage` and implement :meth:`export_target`."""
+    """Base class of the stage modules.
+
+    Subclasses set :attr:`stage`, store their optimizer factory as ``self.optimizer_factory``, take
+    ``warmup_steps`` and ``min_lr_ratio`` hyperparameters, and implement :meth:`export_target` and
+    :meth:`trained_module`.
+    """
 
     stage = "stage"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.throughput = TokenThroughput()
+
+    def trained_module(self) -> torch.nn.Module:
+        """The module whose parameters the optimizer updates."""
+        raise NotImplementedError
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """The optimizer over :meth:`trained_module`, with linear warm-up then cosine decay to ``min_lr_ratio``."""
+        optimizer = self.optimizer_factory(parameter_groups(self.trained_module()))
+        scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+            optimizer,
+            num_warmup_steps=self.hparams.warmup_steps,
+            num_training_steps=max(int(self.trainer.estimated_stepping_batches), 1),
+            min_lr_rate=self.hparams.min_lr_ratio,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [self.throughput]
 
     def export_target(self) -> tuple[torch.nn.Module, Any]:
         """The module to export (it must have ``save_pretrained(dir, state_dict=...)``) and its tokenizer."""
@@ -37,9 +85,17 @@ class Stage(L.LightningModule):
         self._fit_start = time.perf_counter()
 
     def fit_metrics(self) -> dict[str, float]:
-        """Final logged scalars, plus the fit's wall time."""
+        """Final logged scalars, the fit's wall time and its throughput (also printed)."""
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
         metrics["timing/fit_seconds"] = time.perf_counter() - getattr(self, "_fit_start", time.perf_counter())
+        summary = f"[{self.stage}] fit took {metrics['timing/fit_seconds']:.1f} s"
+        if self.throughput.total_tokens:
+            metrics["throughput/tokens_per_s"] = self.throughput.tokens_per_s
+            summary += f"; {self.throughput.total_tokens} tokens at {self.throughput.tokens_per_s:.0f} tokens/s"
+        if self.throughput.total_comparisons:
+            metrics["throughput/comparisons_per_s"] = self.throughput.comparisons_per_s
+            summary += f", {self.throughput.comparisons_per_s:.0f} comparisons/s"
+        rank_zero_info(summary)
         return metrics
 
     def on_fit_end(self) -> None:

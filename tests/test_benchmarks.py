@@ -14,9 +14,10 @@ def run_script(name, *args):
 
 
 def test_reward_grouped_vs_pairs_smoke():
-    out = run_script("reward_grouped_vs_pairs.py", "--settings", "k4,k9,asis", "--steps", "1", "--warmup", "0",
-                     "--prompts-per-step", "2", "--max-length", "32")
+    out = run_script("reward_grouped_vs_pairs.py", "--settings", "k4,k9,asis,k4strict,k9strict", "--steps", "1",
+                     "--warmup", "0", "--prompts-per-step", "2", "--max-length", "32")
     by = {r["setting"]: r for r in out["results"]}
-    assert by["k4"]["row_ratio"] == 3.0  # 2*C(4,2) = 12 rows vs 4, when no completions tie
+    assert by["k4strict"]["row_ratio"] == 3.0  # 2*C(4,2) = 12 rows vs 4
+    assert by["k9strict"]["row_ratio"] == 8.0  # 2*C(9,2) = 72 rows vs 9
     assert by["k9"]["rows_grouped"] == 18 and by["k9"]["rows_expanded"] <= 2 * 36 * 2
     assert all(r["grouped_comparisons_per_s"] > 0 and r["expanded_comparisons_per_s"] > 0 for r in out["results"])

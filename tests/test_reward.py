@@ -69,6 +69,14 @@ def test_shuffled_pairs_ablation_expands_every_non_tied_pair():
     assert [p["input_ids"] for p in pairs] == [[[1], [2]], [[1], [3]]]
 
 
+def test_shuffled_pairs_mode_trains_on_every_comparison_as_its_own_example(tokenizer, tmp_path):
+    rows = [{**GOOD, "prompt": f"p{i}"} for i in range(20)]
+    dm = make_dm(tokenizer, write_jsonl(tmp_path / "r.jsonl", rows), pair_mode="shuffled_pairs")
+    examples = dm.train_examples()
+    assert len(examples) == 3 * len(dm.train_groups) and all(len(e["input_ids"]) == 2 for e in examples)
+    assert len(dm.val_groups[0]["input_ids"]) == 3  # validation stays grouped
+
+
 def test_last_token_index_handles_either_padding_side():
     right = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
     left = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 1]])
@@ -84,11 +92,8 @@ def test_reward_is_the_same_with_left_or_right_padding(tokenizer):
     right_mask = torch.tensor([[1] * len(ids), [1] * 4 + [0] * (len(ids) - 4)])
     left = torch.tensor([ids, [0] * (len(ids) - 4) + short])
     left_mask = right_mask.flip(-1)
-    pos = torch.cat([torch.arange(len(ids))[None], (torch.arange(len(ids)) - (len(ids) - 4)).clamp(min=0)[None]])
     with torch.no_grad():
-        a = rm(right, right_mask)
-        hidden = rm.backbone(input_ids=left, attention_mask=left_mask, position_ids=pos).last_hidden_state
-        b = rm.head(hidden[:, -1]).squeeze(-1)
+        a, b = rm(right, right_mask), rm(left, left_mask)
     assert torch.allclose(a, b, atol=1e-5)
 
 

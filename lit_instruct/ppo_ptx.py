@@ -1,0 +1,526 @@
+"""PPO-ptx stage (InstructGPT section 3.5): maximise ``E[r(x,y) - kl_coef * log(pi/pi_SFT)] + ptx_coef * E_pretrain[log pi]``.
+
+``PPOPtxModule`` holds four models: the policy (from SFT, trained), a frozen reference (SFT), the frozen reward
+model with its normalisation, and a critic initialised from the reward model (trained). Each training step is one
+PPO iteration: a rollout (``lit_instruct.rollout``), then PPO epochs over minibatches, each minibatch also taking
+pretraining sequences whose LM loss, times ``ptx_coef``, joins the same update. ``ptx_coef: 0`` is plain PPO.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Literal, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, IterableDataset
+from torchmetrics import MeanMetric
+
+from lit_instruct import bundled
+from lit_instruct.base import pack_documents, pretrain_split
+from lit_instruct.batching import LMCollator, pad
+from lit_instruct.loggers import log_table
+from lit_instruct.models import disable_dropout as turn_off_dropout
+from lit_instruct.models import load_causal_lm, load_tokenizer
+from lit_instruct.objectives import (
+    AdaptiveKLController,
+    FixedKLController,
+    clipped_policy_loss,
+    clipped_value_loss,
+    explained_variance,
+    gae,
+    kl_penalized_rewards,
+    lm_loss,
+    masked_mean,
+    masked_whiten,
+)
+from lit_instruct.prompts import DEFAULT_TEMPLATE, format_prompt
+from lit_instruct.records import DataError, Problem, check_text_fields, raise_problems, read_rows, split
+from lit_instruct.reward import RewardModel
+from lit_instruct.rollout import Rollout, critic_values, generate, logprobs_from_logits, response_logits, score_rollout
+from lit_instruct.stage import Stage
+
+
+def ppo_optimizer(params, lr: float = 1e-5) -> torch.optim.Optimizer:
+    """Adam with eps 1e-5 (the PPO-for-LMs default)."""
+    return torch.optim.Adam(params, lr=lr, eps=1e-5)
+
+
+# ====================================================================== data
+
+
+class PromptStream(IterableDataset):
+    """Endless batches of prompts, reshuffled each pass, resumable: ``start`` batches are skipped.
+
+    Each global batch of ``batch_size * world_size`` prompts is split across processes.
+    """
+
+    def __init__(self, prompts: list[list[int]], batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.prompts, self.batch_size, self.seed, self.rank, self.world_size = prompts, batch_size, seed, rank, world_size
+        self.start = 0
+
+    def __iter__(self):
+        per_pass = max(1, len(self.prompts) // (self.batch_size * self.world_size))
+        index = self.start
+        while True:
+            order = list(range(len(self.prompts)))
+            random.Random(self.seed + index // per_pass).shuffle(order)
+            offset = (index % per_pass) * self.batch_size * self.world_size + self.rank * self.batch_size
+            yield [self.prompts[order[(offset + i) % len(order)]] for i in range(self.batch_size)]
+            index += 1
+
+
+class PPOPtxDataModule(L.LightningDataModule):
+    """Prompts for rollouts and validation, and pretraining text for the ptx term and the alignment-tax metric.
+
+    Args:
+        prompts_file: JSONL of ``{"prompt"}`` rows (``bundled:prompts.jsonl``).
+        val_fraction: Share of prompts held out (deterministic split by prompt) for validation.
+        split_seed: Seed of the deterministic splits.
+        only_permissive: Keep only prompts whose ``license`` is Apache-2.0 or MIT.
+        prompt_template: Template for single-turn prompts (as in SFT).
+        max_prompt_tokens: Longest prompt in tokens; longer ones are skipped (counted) or an error.
+        overlong: ``"skip"`` or ``"error"`` for prompts longer than ``max_prompt_tokens``.
+        rollout_batch_size: Prompts per rollout, per process (the paper: 512 in all).
+        max_val_prompts: Held-out prompts scored at each validation.
+        val_batch_size: Prompts per validation batch.
+        pretrain_file: Pretraining text: its training documents feed the ptx term, its held-out documents (the
+            same split as the base stage) measure the alignment tax.
+        pretrain_val_fraction: Held-out share of pretraining documents (keep it equal to the base stage's).
+        ptx_block_size: Tokens per pretraining sequence.
+        max_val_pretrain_blocks: Held-out pretraining blocks in the validation LM loss.
+        seed: Seed of the prompt and pretraining streams.
+    """
+
+    def __init__(
+        self,
+        prompts_file: str = "bundled:prompts.jsonl",
+        val_fraction: float = 0.05,
+        split_seed: int = 0,
+        only_permissive: bool = False,
+        prompt_template: str = DEFAULT_TEMPLATE,
+        max_prompt_tokens: int = 128,
+        overlong: Literal["skip", "error"] = "skip",
+        rollout_batch_size: int = 16,
+        max_val_prompts: int = 64,
+        val_batch_size: int = 16,
+        pretrain_file: str = "bundled:pretrain.txt",
+        pretrain_val_fraction: float = 0.1,
+        ptx_block_size: int = 64,
+        max_val_pretrain_blocks: int = 64,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.tokenizer = None
+        self.train_prompts: list[list[int]] = []
+        self.val_prompts: list[list[int]] = []
+        self.ptx_blocks: list[dict] = []
+        self.val_blocks: list[dict] = []
+        self.consumed_rollouts = 0
+        self.consumed_ptx = 0
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_prompts:
+            return
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        self.tokenizer = module.tokenizer if module is not None else load_tokenizer("embedded")
+        self.prepare()
+
+    def prepare(self) -> None:
+        """Read and validate the prompts and the pretraining text (called by :meth:`setup`)."""
+        h = self.hparams
+        keep = (lambda row: bundled.is_permissive(row.get("license"))) if h.only_permissive else None
+        rows = read_rows(h.prompts_file, lambda r: check_text_fields(r, ("prompt",)), keep=keep)
+        encoded, skipped = [], []
+        for line, row in rows:
+            ids = self.tokenizer(format_prompt(row["prompt"], h.prompt_template), add_special_tokens=False)["input_ids"]
+            if len(ids) > h.max_prompt_tokens:
+                skipped.append(Problem(str(h.prompts_file), line, f"prompt is {len(ids)} tokens, longer than max_prompt_tokens={h.max_prompt_tokens}"))
+                continue
+            encoded.append((row["prompt"], ids))
+        if skipped and h.overlong == "error":
+            raise_problems(skipped, "over-long prompts; set data.overlong=skip to drop them instead")
+        train, val = split(encoded, lambda e: e[0], h.val_fraction, h.split_seed)
+        if not train or not val:
+            raise DataError(f"{h.prompts_file}: {len(train)} train / {len(val)} validation prompts left; need both")
+        self.train_prompts = [ids for _, ids in train]
+        self.val_prompts = [ids for _, ids in val][: h.max_val_prompts]
+        train_docs, heldout_docs = pretrain_split(h.pretrain_file, h.pretrain_val_fraction, h.split_seed)
+        self.ptx_blocks = pack_documents(self.tokenizer, train_docs, h.ptx_block_size)
+        random.Random(h.seed).shuffle(self.ptx_blocks)
+        self.val_blocks = pack_documents(self.tokenizer, heldout_docs, h.ptx_block_size)[: h.max_val_pretrain_blocks]
+        rank_zero_info(
+            f"[ppo_ptx data] {len(self.train_prompts)} train / {len(self.val_prompts)} val prompts from {h.prompts_file} "
+            f"({len(skipped)} over-long skipped); {len(self.ptx_blocks)} ptx / {len(self.val_blocks)} held-out pretraining "
+            f"blocks of {h.ptx_block_size} tokens from {h.pretrain_file}"
+        )
+
+    # ------------------------------------------------------------------ streams
+    def ptx_batch(self, n: int) -> dict[str, torch.Tensor]:
+        """The next ``n`` pretraining blocks for this process (a resumable stream over the training documents)."""
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        world = self.trainer.world_size if self.trainer is not None else 1
+        start = (self.consumed_ptx * world + rank) * n
+        self.consumed_ptx += 1
+        blocks = [self.ptx_blocks[(start + i) % len(self.ptx_blocks)] for i in range(n)]
+        return LMCollator(self.tokenizer.pad_token_id)(blocks)
+
+    def state_dict(self) -> dict:
+        return {"consumed_rollouts": self.consumed_rollouts, "consumed_ptx": self.consumed_ptx}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.consumed_rollouts = state["consumed_rollouts"]
+        self.consumed_ptx = state["consumed_ptx"]
+
+    def train_dataloader(self) -> DataLoader:
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        world = self.trainer.world_size if self.trainer is not None else 1
+        stream = PromptStream(self.train_prompts, self.hparams.rollout_batch_size, self.hparams.seed, rank, world)
+        stream.start = self.consumed_rollouts
+        return DataLoader(stream, batch_size=None)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        prompts = DataLoader(self.val_prompts, batch_size=self.hparams.val_batch_size, collate_fn=list)
+        blocks = DataLoader(self.val_blocks, batch_size=self.hparams.val_batch_size, collate_fn=LMCollator(self.tokenizer.pad_token_id))
+        return [prompts, blocks]
+
+
+# ====================================================================== module
+
+
+class PPOPtxModule(Stage):
+    """PPO with a KL penalty to the SFT model and a pretraining-gradient mix (ptx), as in InstructGPT.
+
+    Args:
+        policy_name_or_path: The SFT export the policy starts from.
+        reward_model_path: The reward-model export (normalised), frozen during RL.
+        reference_name_or_path: The frozen reference; ``None``: the policy's starting point.
+        critic_name_or_path: The reward-model export the critic (value function) starts from; ``None``:
+            ``reward_model_path``.
+        kl_coef: beta, the per-token KL penalty coefficient (paper: 0.02); the starting value when adaptive.
+        adaptive_kl: Use Ziegler et al.'s adaptive controller towards ``kl_target``.
+        kl_target: Target KL per response (nats) of the adaptive controller.
+        kl_horizon: Horizon (episodes) of the adaptive controller.
+        ptx_coef: gamma, the weight of the pretraining LM loss (paper: 27.8); 0 is plain PPO.
+        ptx_examples_per_episode: Pretraining sequences per RL episode in each minibatch (paper: 8).
+        ppo_epochs: Passes over each rollout batch (paper: 1).
+        minibatch_size: Episodes per PPO minibatch, per process (paper: 64 of a 512 batch).
+        clip_range: Policy ratio clipping (0.2).
+        value_clip_range: Value clipping (0.2).
+        vf_coef: Value-loss coefficient (0.1).
+        discount: GAE discount (1: no discount).
+        gae_lambda: GAE lambda (0.95).
+        whiten_advantages: Normalise advantages per batch.
+        temperature: Sampling temperature; log-probs are computed at the same temperature.
+        top_k: Sample from the k most likely tokens (0: all).
+        top_p: Nucleus sampling threshold (1: off).
+        max_new_tokens: Longest response.
+        missing_eos_penalty: Score given to responses that never emit EOS (``None``: keep the reward model's).
+        optimizer: Optimizer factory for the two parameter groups (policy at its ``lr``, critic at ``critic_lr``).
+        critic_lr: Critic learning rate; ``None``: the optimizer's.
+        warmup_steps: Iterations of linear warm-up from ``warmup_start_ratio`` of the peak learning rate.
+        warmup_start_ratio: Start of the warm-up as a fraction of the peak (paper: 0.1, over 10 iterations).
+        max_grad_norm: Gradient clipping (under DeepSpeed it is handed to DeepSpeed's ``gradient_clipping``).
+        ema_decay: Keep an exponential moving average of the policy's weights (paper: 0.992) and export it;
+            ``None``: off.
+        frozen_quantization: Load the reference and the reward model in ``"8bit"`` or ``"4bit"`` (bitsandbytes).
+        gradient_checkpointing: Recompute activations of the policy and critic in the backward pass.
+        disable_dropout: Turn dropout off in all four models (the usual RL setting).
+        export_dir: Where the policy export is written; ``None``: ``<default_root_dir>/export``.
+        num_sample_prompts: Validation responses logged as a table (next to the SFT reference's).
+        val_max_new_tokens: Longest response at validation (``None``: ``max_new_tokens``).
+    """
+
+    stage = "ppo_ptx"
+
+    def __init__(
+        self,
+        policy_name_or_path: str = "runs/sft-tiny/export",
+        reward_model_path: str = "runs/reward-tiny/export",
+        reference_name_or_path: Optional[str] = None,
+        critic_name_or_path: Optional[str] = None,
+        kl_coef: float = 0.02,
+        adaptive_kl: bool = False,
+        kl_target: float = 6.0,
+        kl_horizon: int = 10000,
+        ptx_coef: float = 27.8,
+        ptx_examples_per_episode: int = 8,
+        ppo_epochs: int = 1,
+        minibatch_size: int = 8,
+        clip_range: float = 0.2,
+        value_clip_range: float = 0.2,
+        vf_coef: float = 0.1,
+        discount: float = 1.0,
+        gae_lambda: float = 0.95,
+        whiten_advantages: bool = True,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 48,
+        missing_eos_penalty: Optional[float] = -1.0,
+        optimizer: OptimizerCallable = ppo_optimizer,
+        critic_lr: Optional[float] = None,
+        warmup_steps: int = 10,
+        warmup_start_ratio: float = 0.1,
+        max_grad_norm: Optional[float] = 1.0,
+        ema_decay: Optional[float] = None,
+        frozen_quantization: Optional[Literal["8bit", "4bit"]] = None,
+        gradient_checkpointing: bool = False,
+        disable_dropout: bool = True,
+        export_dir: Optional[str] = None,
+        num_sample_prompts: int = 4,
+        val_max_new_tokens: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.optimizer_factory = optimizer
+        self.tokenizer = load_tokenizer(policy_name_or_path)
+        self.policy = load_causal_lm(policy_name_or_path, self.tokenizer, gradient_checkpointing=gradient_checkpointing)
+        self.ref = self._load_frozen_lm(reference_name_or_path or policy_name_or_path, frozen_quantization)
+        self.rm = RewardModel.from_pretrained(reward_model_path)  # refuses an export without its normalisation
+        self.critic = RewardModel.from_pretrained(critic_name_or_path or reward_model_path, require_normalization=False)
+        if gradient_checkpointing:
+            self.critic.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self._check_tokenizers(reward_model_path)
+        for frozen in (self.ref, self.rm):
+            frozen.eval()
+            frozen.requires_grad_(False)
+        if disable_dropout:
+            for model in (self.policy, self.ref, self.rm.backbone, self.critic.backbone):
+                turn_off_dropout(model)
+        self.ema = None
+        if ema_decay is not None:
+            self.ema = AveragedModel(self.policy, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+            self.ema.requires_grad_(False)
+        self.kl_controller = (
+            AdaptiveKLController(kl_coef, kl_target, kl_horizon) if adaptive_kl else FixedKLController(kl_coef)
+        )
+        self.episodes = 0
+        self.val_score = MeanMetric()
+        self.val_kl = MeanMetric()
+        self.val_length = MeanMetric()
+        self.val_pretrain_loss = MeanMetric()
+        self._val_samples: list[list] = []
+
+    # ------------------------------------------------------------------ construction helpers
+    def _load_frozen_lm(self, path: str, quantization: Optional[str]):
+        if quantization is None:
+            return load_causal_lm(path, self.tokenizer)
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+        config = BitsAndBytesConfig(load_in_8bit=True) if quantization == "8bit" else BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+        )
+        return AutoModelForCausalLM.from_pretrained(path, quantization_config=config)
+
+    def _check_tokenizers(self, reward_model_path: str) -> None:
+        if self.rm.tokenizer.get_vocab() != self.tokenizer.get_vocab():
+            raise ValueError(
+                f"the reward model at {reward_model_path} and the policy at {self.hparams.policy_name_or_path} have "
+                "mismatched tokenizers; PPO scores the policy's tokens directly, so they must share one"
+            )
+
+    @property
+    def context_length(self) -> int:
+        return self.rm.context_length
+
+    def trained_module(self) -> torch.nn.Module:
+        return self.policy
+
+    def configure_callbacks(self) -> list:
+        return []  # batches are prompts, not token tensors: throughput is logged per iteration (episodes/s)
+
+    # ------------------------------------------------------------------ optimisation set-up
+    def setup(self, stage: str) -> None:
+        strategy = self.trainer.strategy
+        if hasattr(strategy, "config") and self.hparams.max_grad_norm and strategy.config is not None:
+            # Lightning refuses gradient_clip_val with manual optimisation; DeepSpeed clips from its own config.
+            strategy.config.setdefault("gradient_clipping", self.hparams.max_grad_norm)
+        if self.ema is not None and getattr(strategy, "zero_stage_3", False):
+            raise ValueError("ema_decay is not supported under ZeRO-3 (the policy's weights are sharded)")
+
+    def configure_optimizers(self):
+        """One optimizer (DeepSpeed takes only one): the policy and the critic as two parameter groups."""
+        groups = [{"params": [p for p in self.policy.parameters() if p.requires_grad], "name": "policy"}]
+        critic = {"params": [p for p in self.critic.parameters() if p.requires_grad], "name": "critic"}
+        if self.hparams.critic_lr is not None:
+            critic["lr"] = self.hparams.critic_lr
+        groups.append(critic)
+        optimizer = self.optimizer_factory(groups)
+        warmup, start = self.hparams.warmup_steps, self.hparams.warmup_start_ratio
+        schedule = lambda step: 1.0 if step >= warmup else start + (1.0 - start) * step / max(warmup, 1)  # noqa: E731
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
+
+    # ------------------------------------------------------------------ rollouts
+    def _synced(self) -> bool:
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        return bool(getattr(strategy, "zero_stage_3", False)) and strategy.world_size > 1
+
+    def collate_prompts(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        query = pad(prompts, self.tokenizer.pad_token_id, left=True).to(self.device)
+        mask = pad([[1] * len(p) for p in prompts], 0, left=True).to(self.device)
+        return query, mask
+
+    def rollout(self, prompts: list[list[int]], max_new_tokens: int, do_sample: bool = True) -> Rollout:
+        """Generate responses to ``prompts`` and score them (no gradients)."""
+        h = self.hparams
+        query, query_mask = self.collate_prompts(prompts)
+        self.policy.eval()
+        rollout = generate(
+            self.policy, query, query_mask, eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
+            max_new_tokens=max_new_tokens, temperature=h.temperature, top_k=h.top_k, top_p=h.top_p, do_sample=do_sample,
+            synced_gpus=self._synced(),
+        )
+        rollout = score_rollout(
+            rollout, policy=self.policy, reference=self.ref, critic=self.critic, reward_model=self.rm,
+            temperature=h.temperature, missing_eos_penalty=h.missing_eos_penalty,
+        )
+        self.policy.train()
+        return rollout
+
+    # ------------------------------------------------------------------ the PPO iteration
+    def training_step(self, prompts: list[list[int]], batch_idx: int) -> None:
+        h = self.hparams
+        start = time.perf_counter()
+        rollout = self.rollout(prompts, h.max_new_tokens)
+        mask = rollout.response_mask.float()
+        rewards, kl = kl_penalized_rewards(rollout.logprobs, rollout.ref_logprobs, rollout.scores, mask, self.kl_controller.value)
+        advantages, returns = gae(rewards, rollout.values, mask, h.discount, h.gae_lambda)
+        if h.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        rollout_seconds = time.perf_counter() - start
+
+        start = time.perf_counter()
+        stats = self.ppo_update(rollout, advantages, returns)
+        update_seconds = time.perf_counter() - start
+
+        episodes = len(prompts) * self.trainer.world_size
+        kl_per_response = self.all_gather(kl.sum(1)).mean()
+        self.kl_controller.update(float(kl_per_response), episodes)
+        self.episodes += episodes
+        datamodule = self.trainer.datamodule
+        if datamodule is not None:
+            datamodule.consumed_rollouts += 1
+        self.log_dict(
+            {
+                "objective/score": rollout.scores.mean(),
+                "objective/rm_score": rollout.rm_scores.mean(),
+                "objective/kl": kl_per_response,
+                "objective/kl_coef": self.kl_controller.value,
+                "objective/entropy": masked_mean(rollout.entropy, mask, dim=1).mean(),
+                "objective/non_score_reward": (rewards.sum(1) - rollout.scores).mean(),
+                "rollout/response_length": mask.sum(1).mean(),
+                "rollout/eos_fraction": rollout.ended.float().mean(),
+                "value/explained_variance": explained_variance(rollout.values, returns, mask),
+                "timing/rollout": rollout_seconds,
+                "timing/update": update_seconds,
+                "throughput/episodes_per_s": episodes / (rollout_seconds + update_seconds),
+                "episodes": float(self.episodes),
+                **stats,
+            },
+            prog_bar=False,
+        )
+        self.log("score", rollout.scores.mean(), prog_bar=True, logger=False)
+        self.log("kl", kl_per_response, prog_bar=True, logger=False)
+        self.lr_schedulers().step()
+
+    def ppo_update(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, torch.Tensor]:
+        """PPO epochs over shuffled minibatches; each minibatch's loss adds ``ptx_coef`` times the pretraining LM loss."""
+        h = self.hparams
+        optimizer = self.optimizers()
+        sums: dict[str, float] = {}
+        n = rollout.response.shape[0]
+        count = 0
+        for _ in range(h.ppo_epochs):
+            for index in torch.randperm(n, device=self.device).split(h.minibatch_size):
+                mb = rollout.select(index)
+                mask = mb.response_mask.float()
+                logits = response_logits(self.policy, mb)
+                logprobs = logprobs_from_logits(logits, mb.response, h.temperature)
+                del logits
+                policy = clipped_policy_loss(logprobs, mb.logprobs, advantages[index], mask, h.clip_range)
+                values = critic_values(self.critic, mb)
+                value = clipped_value_loss(values, mb.values, returns[index], mask, h.value_clip_range)
+                loss = policy["loss"] + h.vf_coef * value["loss"]
+                ptx = torch.zeros((), device=self.device)
+                if h.ptx_coef > 0 and h.ptx_examples_per_episode > 0:
+                    ptx_batch = self.trainer.datamodule.ptx_batch(h.ptx_examples_per_episode * len(index))
+                    ptx_batch = {k: v.to(self.device) for k, v in ptx_batch.items()}
+                    ptx_logits = self.policy(input_ids=ptx_batch["input_ids"], attention_mask=ptx_batch["attention_mask"], use_cache=False).logits
+                    ptx = lm_loss(ptx_logits, ptx_batch["labels"])
+                    loss = loss + h.ptx_coef * ptx
+                optimizer.zero_grad()
+                self.manual_backward(loss)
+                if h.max_grad_norm and not hasattr(self.trainer.strategy, "config"):
+                    self.clip_gradients(optimizer, gradient_clip_val=h.max_grad_norm, gradient_clip_algorithm="norm")
+                optimizer.step()
+                if self.ema is not None:
+                    self.ema.update_parameters(self.policy)
+                for key, value_ in (("policy/loss", policy["loss"]), ("policy/approxkl", policy["approxkl"]),
+                                    ("policy/clipfrac", policy["clipfrac"]), ("value/loss", value["loss"]),
+                                    ("value/clipfrac", value["clipfrac"]), ("ptx/loss", ptx), ("train/loss", loss)):
+                    sums[key] = sums.get(key, 0.0) + float(value_.detach())
+                count += 1
+        return {k: torch.tensor(v / count) for k, v in sums.items()}
+
+    # ------------------------------------------------------------------ validation: reward, KL, alignment tax
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if dataloader_idx == 0:
+            h = self.hparams
+            rollout = self.rollout(batch, h.val_max_new_tokens or h.max_new_tokens)
+            mask = rollout.response_mask.float()
+            self.val_score.update(rollout.scores)
+            self.val_kl.update(((rollout.logprobs - rollout.ref_logprobs) * mask).sum(1))
+            self.val_length.update(mask.sum(1))
+            if batch_idx == 0 and self.hparams.num_sample_prompts > 0:
+                k = self.hparams.num_sample_prompts
+                texts = self.tokenizer.batch_decode(rollout.query[:k], skip_special_tokens=True)
+                responses = self.tokenizer.batch_decode(rollout.response[:k], skip_special_tokens=True)
+                self._val_samples = [[self.global_step, p, r, float(s)] for p, r, s in zip(texts, responses, rollout.scores[:k])]
+        else:
+            logits = self.policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+            self.val_pretrain_loss.update(lm_loss(logits, batch["labels"]), weight=batch["input_ids"].numel())
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/score", self.val_score.compute(), prog_bar=True, sync_dist=True)
+        self.log("val/kl", self.val_kl.compute(), sync_dist=True)
+        self.log("val/response_length", self.val_length.compute(), sync_dist=True)
+        self.log("val/pretrain_loss", self.val_pretrain_loss.compute(), prog_bar=True, sync_dist=True)
+        for metric in (self.val_score, self.val_kl, self.val_length, self.val_pretrain_loss):
+            metric.reset()
+        if self._val_samples and not self.trainer.sanity_checking:
+            log_table(self.trainer, "val/samples", ["step", "prompt", "response", "score"], self._val_samples)
+
+    # ------------------------------------------------------------------ checkpoints and export
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["ppo_state"] = {"kl_controller": self.kl_controller.state_dict(), "episodes": self.episodes}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("ppo_state")
+        if state:
+            self.kl_controller.load_state_dict(state["kl_controller"])
+            self.episodes = state["episodes"]
+
+    def fit_metrics(self) -> dict[str, float]:
+        metrics = super().fit_metrics()
+        metrics["episodes"] = self.episodes
+        metrics["throughput/episodes_per_s_overall"] = self.episodes / max(metrics["timing/fit_seconds"], 1e-9)
+        rank_zero_info(f"[ppo_ptx] {self.episodes} episodes, {metrics['throughput/episodes_per_s_overall']:.2f} episodes/s over the whole fit (validation included)")
+        return metrics
+
+    def export_target(self):
+        return (self.ema.module if self.ema is not None else self.policy), self.tokenizer
+
+    def export_metadata(self) -> dict:
+        h = self.hparams
+        return {"kl_coef_final": self.kl_controller.value, "episodes": self.episodes, "ema": h.ema_decay is not None,
+                "reward_model": h.reward_model_path, "reference": h.reference_name_or_path or h.policy_name_or_path}
+

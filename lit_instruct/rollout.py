@@ -1,0 +1,131 @@
+"""PPO rollouts: sample responses with the policy, then score them with the frozen and trainable models.
+
+Nothing here updates weights. ``generate`` samples; ``score_rollout`` runs one batched forward pass per model
+(policy and reference log-probs, critic values, reward-model score) over the same token sequences, so the reward
+model and the critic share the policy's tokenisation (their tokenizers must match; the PPO module checks).
+
+Shapes: ``b`` rollouts, ``q`` query (prompt) tokens, left-padded; ``r`` response tokens, right-padded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from lit_instruct.objectives import entropy_from_logits
+
+
+@dataclass
+class Rollout:
+    """One batch of episodes. Response tensors are (b, r); ``response_mask`` is 1 up to and including EOS."""
+
+    query: torch.Tensor  # (b, q) left-padded prompt ids
+    query_mask: torch.Tensor  # (b, q)
+    response: torch.Tensor  # (b, r)
+    response_mask: torch.Tensor  # (b, r)
+    ended: torch.Tensor  # (b,) bool: the response emitted EOS
+    logprobs: torch.Tensor | None = None  # (b, r) policy, at the sampling temperature
+    ref_logprobs: torch.Tensor | None = None  # (b, r) reference
+    values: torch.Tensor | None = None  # (b, r) critic
+    scores: torch.Tensor | None = None  # (b,) reward model, normalised; the penalty where the response never ended
+    rm_scores: torch.Tensor | None = None  # (b,) reward model, before any penalty
+    entropy: torch.Tensor | None = None  # (b, r) policy entropy at each response position
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.query, self.response], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.query_mask, self.response_mask], dim=1)
+
+    def select(self, index: torch.Tensor) -> "Rollout":
+        """The episodes at ``index`` (a minibatch)."""
+        return Rollout(**{f.name: (getattr(self, f.name)[index] if getattr(self, f.name) is not None else None) for f in fields(self)})
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, as ``generate`` uses them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def response_mask(response: torch.Tensor, eos_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask, ended): mask is 1 up to and including the first EOS (everything when there is none)."""
+    is_eos = response == eos_token_id
+    ended = is_eos.any(dim=1)
+    first_eos = torch.where(ended, is_eos.float().argmax(dim=1), torch.full_like(ended, response.shape[1] - 1, dtype=torch.long))
+    mask = (torch.arange(response.shape[1], device=response.device)[None] <= first_eos[:, None]).long()
+    return mask, ended
+
+
+@torch.no_grad()
+def generate(
+    policy,
+    query: torch.Tensor,
+    query_mask: torch.Tensor,
+    *,
+    eos_token_id: int,
+    pad_token_id: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    do_sample: bool = True,
+    synced_gpus: bool = False,
+) -> Rollout:
+    """Sample responses with the KV cache, stopping at EOS; the response is padded to the longest one in the batch."""
+    out = policy.generate(
+        input_ids=query,
+        attention_mask=query_mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature if do_sample else None,
+        top_k=top_k if do_sample else None,
+        top_p=top_p if do_sample else None,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        use_cache=True,
+        synced_gpus=synced_gpus,
+    )
+    response = out[:, query.shape[1]:]
+    mask, ended = response_mask(response, eos_token_id)
+    response = response.masked_fill(mask == 0, pad_token_id)
+    return Rollout(query=query, query_mask=query_mask, response=response, response_mask=mask, ended=ended)
+
+
+def response_logits(model, rollout: Rollout) -> torch.Tensor:
+    """Logits that predict each response token: (b, r, v)."""
+    mask = rollout.attention_mask
+    logits = model(input_ids=rollout.input_ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False).logits
+    q = rollout.query.shape[1]
+    return logits[:, q - 1 : -1]
+
+
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log p(token) under ``logits / temperature``: (b, r, v), (b, r) -> (b, r)."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def critic_values(critic, rollout: Rollout) -> torch.Tensor:
+    """The critic's value before each response token: (b, r)."""
+    values = critic.values(rollout.input_ids, rollout.attention_mask)  # (b, q + r)
+    q = rollout.query.shape[1]
+    return values[:, q - 1 : -1]
+
+
+@torch.no_grad()
+def score_rollout(rollout: Rollout, *, policy, reference, critic, reward_model, temperature: float, missing_eos_penalty: float | None) -> Rollout:
+    """Fill in the policy and reference log-probs, the critic's values and the reward model's scores."""
+    logits = response_logits(policy, rollout)
+    rollout.logprobs = logprobs_from_logits(logits, rollout.response, temperature)
+    rollout.entropy = entropy_from_logits(logits / temperature)
+    del logits
+    rollout.ref_logprobs = logprobs_from_logits(response_logits(reference, rollout), rollout.response, temperature)
+    rollout.values = critic_values(critic, rollout)
+    rollout.rm_scores = reward_model(rollout.input_ids, rollout.attention_mask)
+    rollout.scores = rollout.rm_scores.clone()
+    if missing_eos_penalty is not None:
+        rollout.scores[~rollout.ended] = missing_eos_penalty
+    return rollout

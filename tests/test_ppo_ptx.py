@@ -1,0 +1,178 @@
+"""PPO-ptx stage: which weights train, resume, a reward that rises, bad input, and the CLI."""
+
+import json
+
+import lightning as L
+import pytest
+import torch
+
+from conftest import CONFIGS, run_cli
+from lit_instruct import PPOPtxDataModule, PPOPtxModule, RewardModel, SFTModule
+from lit_instruct.export import save_export
+from lit_instruct.records import DataError
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory, tokenizer):
+    """A tiny SFT export and a normalised reward-model export built from it (no training needed)."""
+    tmp = tmp_path_factory.mktemp("ppo_exports")
+    torch.manual_seed(0)
+    sft = SFTModule(tiny={"n_layer": 1, "n_embd": 64, "n_head": 2, "n_positions": 128, "vocab_size": 4096})
+    sft.export(tmp / "sft")
+    rm = RewardModel.from_causal_lm(str(tmp / "sft"), tokenizer)
+    rm.reward_shift.fill_(0.1)
+    rm.normalization = {"shift": 0.1, "rows": 0}
+    save_export(rm, tokenizer, tmp / "rm", {"stage": "reward", "normalization": rm.normalization})
+    return tmp
+
+
+def make(exports, **kwargs):
+    args = dict(policy_name_or_path=str(exports / "sft"), reward_model_path=str(exports / "rm"), max_new_tokens=8,
+                minibatch_size=4, ptx_examples_per_episode=1, num_sample_prompts=2, warmup_steps=0,
+                optimizer=lambda p: torch.optim.Adam(p, lr=1e-3, eps=1e-5))
+    args.update(kwargs)
+    return PPOPtxModule(**args)
+
+
+def data(**kwargs):
+    args = dict(rollout_batch_size=8, max_prompt_tokens=48, max_val_prompts=4, val_batch_size=4, ptx_block_size=32,
+                max_val_pretrain_blocks=4)
+    args.update(kwargs)
+    return PPOPtxDataModule(**args)
+
+
+def trainer(tmp_path, iterations, **kwargs):
+    return L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=iterations, limit_val_batches=1,
+                     val_check_interval=iterations, num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
+                     default_root_dir=tmp_path, **kwargs)
+
+
+def test_trainable_weights_change_and_frozen_ones_do_not(exports, tmp_path):
+    module = make(exports)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    trainer(tmp_path, 2, enable_checkpointing=False).fit(module, data())
+    after = module.state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert {"policy", "critic"} <= changed
+    assert not changed & {"ref", "rm"}
+    assert not any(p.requires_grad for p in module.ref.parameters()) and not module.rm.training
+    assert module.episodes == 16
+    metrics = module.trainer.callback_metrics
+    for name in ("objective/score", "objective/kl", "objective/kl_coef", "objective/entropy", "objective/non_score_reward",
+                 "policy/loss", "policy/approxkl", "policy/clipfrac", "value/loss", "value/clipfrac",
+                 "value/explained_variance", "ptx/loss", "rollout/response_length", "rollout/eos_fraction",
+                 "timing/rollout", "timing/update", "throughput/episodes_per_s", "val/score", "val/kl", "val/pretrain_loss"):
+        assert name in metrics, name
+    assert float(metrics["ptx/loss"]) > 0
+
+
+def test_plain_ppo_has_no_ptx_term(exports, tmp_path):
+    module = make(exports, ptx_coef=0.0)
+    trainer(tmp_path, 1, enable_checkpointing=False).fit(module, data())
+    assert float(module.trainer.callback_metrics["ptx/loss"]) == 0.0
+
+
+def test_resume_restores_the_ppo_state(exports, tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)
+    module = make(exports, adaptive_kl=True, kl_coef=0.1, kl_target=0.01, kl_horizon=50)
+    dm = data()
+    trainer(tmp_path, 2, callbacks=[ckpt]).fit(module, dm)
+    assert module.kl_controller.value != 0.1  # the controller moved
+    state = torch.load(tmp_path / "ck" / "last.ckpt", weights_only=False)
+    resumed, dm2 = make(exports, adaptive_kl=True, kl_coef=0.1, kl_target=0.01, kl_horizon=50), data()
+    t2 = trainer(tmp_path, 3, enable_checkpointing=False)
+    t2.fit(resumed, dm2, ckpt_path=tmp_path / "ck" / "last.ckpt")
+    assert state["ppo_state"]["episodes"] == 16 and resumed.episodes == 24
+    assert dm2.consumed_rollouts == 3 and dm2.consumed_ptx > dm.consumed_ptx  # the streams went on, not restarted
+    policy = {k: v for k, v in state["state_dict"].items() if k.startswith("policy.")}
+    assert policy and state["optimizer_states"][0]["state"]  # policy weights and Adam moments were saved
+
+
+class TokenFrequencyReward(torch.nn.Module):
+    """A reward that is easy to raise: the share of a given token among the real tokens."""
+
+    def __init__(self, rm, token_id):
+        super().__init__()
+        self.rm, self.token_id = rm, token_id
+        self.tokenizer = rm.tokenizer
+
+    @property
+    def context_length(self):
+        return self.rm.context_length
+
+    def forward(self, input_ids, attention_mask):
+        hits = ((input_ids == self.token_id) & attention_mask.bool()).float().sum(1)
+        return 10 * hits / attention_mask.sum(1)
+
+
+def test_score_rises_and_kl_grows_with_an_easy_reward(exports, tmp_path, tokenizer):
+    torch.manual_seed(0)
+    module = make(exports, ptx_coef=0.0, missing_eos_penalty=None, kl_coef=0.01, minibatch_size=8, ppo_epochs=2,
+                  optimizer=lambda p: torch.optim.Adam(p, lr=3e-3, eps=1e-5))
+    module.rm = TokenFrequencyReward(module.rm, tokenizer(" the", add_special_tokens=False)["input_ids"][0])
+    scores, kls = [], []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            scores.append(float(trainer.callback_metrics["objective/score"]))
+            kls.append(float(trainer.callback_metrics["objective/kl"]))
+
+    trainer(tmp_path, 16, enable_checkpointing=False, callbacks=[Record()], limit_val_batches=0).fit(module, data(rollout_batch_size=16))
+    first, last = sum(scores[:4]) / 4, sum(scores[-4:]) / 4
+    assert last > first + 0.5, scores
+    assert sum(kls[-4:]) / 4 > sum(kls[:4]) / 4, kls
+
+
+def test_bad_inputs_stop_before_training(exports, tmp_path, tokenizer):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="empty.jsonl:1: file is empty"):
+        trainer(tmp_path, 1).fit(make(exports), data(prompts_file=str(empty)))
+    long = tmp_path / "long.jsonl"
+    long.write_text(json.dumps({"prompt": "word " * 200}) + "\n" + "".join(json.dumps({"prompt": f"q{i}"}) + "\n" for i in range(40)))
+    with pytest.raises(DataError, match=r"long.jsonl:1: prompt is \d+ tokens, longer than max_prompt_tokens=48"):
+        trainer(tmp_path, 1).fit(make(exports), data(prompts_file=str(long), overlong="error"))
+    # A reward model without its normalisation.
+    raw = RewardModel.from_causal_lm(str(exports / "sft"), tokenizer)
+    save_export(raw, tokenizer, tmp_path / "raw_rm", {"stage": "reward", "normalization": None})
+    with pytest.raises(ValueError, match="has no normalisation"):
+        make(exports, reward_model_path=str(tmp_path / "raw_rm"))
+    # A reward model whose tokenizer is not the policy's.
+    from lit_instruct.models import train_embedded_tokenizer
+
+    other = train_embedded_tokenizer(4000)
+    other_rm = RewardModel.from_causal_lm(str(exports / "sft"), tokenizer)
+    other_rm.normalization = {"shift": 0.0}
+    save_export(other_rm, other, tmp_path / "other_rm", {"stage": "reward", "normalization": {"shift": 0.0}})
+    with pytest.raises(ValueError, match="mismatched tokenizers"):
+        make(exports, reward_model_path=str(tmp_path / "other_rm"))
+
+
+def test_ema_weights_are_exported(exports, tmp_path):
+    module = make(exports, ema_decay=0.5, export_dir=str(tmp_path / "export"))
+    trainer(tmp_path, 1, enable_checkpointing=False, limit_val_batches=0).fit(module, data())
+    from transformers import AutoModelForCausalLM
+
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "export").state_dict()
+    ema = module.ema.module.state_dict()
+    live = module.policy.state_dict()
+    key = "transformer.h.0.attn.c_attn.weight"
+    assert torch.equal(exported[key], ema[key]) and not torch.equal(exported[key], live[key])
+
+
+def test_cli_ppo_ptx_tiny_config(exports, tmp_path):
+    done = run_cli(
+        "fit", "--config", str(CONFIGS / "ppo_ptx" / "tiny.yaml"),
+        "--model.policy_name_or_path", str(exports / "sft"), "--model.reward_model_path", str(exports / "rm"),
+        "--trainer.limit_train_batches", "2", "--trainer.val_check_interval", "2", "--data.max_val_prompts", "4",
+        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path),
+        "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint", "--trainer.callbacks.dirpath", str(tmp_path / "ck"),
+        "--trainer.callbacks.save_last", "true", "--model.export_dir", str(tmp_path / "export"),
+        "--trainer.default_root_dir", str(tmp_path),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    meta = json.loads((tmp_path / "export" / "lit_instruct.json").read_text())
+    assert meta["stage"] == "ppo_ptx" and meta["episodes"] == 32
+    assert "val/pretrain_loss" in meta["metrics"]
