@@ -63,6 +63,7 @@ class CausalLMModule(Stage):
         super().__init__()
         self.save_hyperparameters()
         self.optimizer_factory = optimizer
+        tiny = TinyConfig(**tiny) if isinstance(tiny, dict) else tiny
         self.tokenizer = load_tokenizer(tokenizer_name_or_path or model_name_or_path, tiny)
         self.model = load_causal_lm(
             model_name_or_path,

@@ -25,7 +25,7 @@ from lit_instruct.base import pack_documents, pretrain_split
 from lit_instruct.batching import LMCollator, pad
 from lit_instruct.loggers import log_table
 from lit_instruct.models import disable_dropout as turn_off_dropout
-from lit_instruct.models import load_causal_lm, load_tokenizer
+from lit_instruct.models import context_length, load_causal_lm, load_tokenizer
 from lit_instruct.objectives import (
     AdaptiveKLController,
     FixedKLController,
@@ -129,6 +129,15 @@ class PPOPtxDataModule(L.LightningDataModule):
             return
         module = self.trainer.lightning_module if self.trainer is not None else None
         self.tokenizer = module.tokenizer if module is not None else load_tokenizer("embedded")
+        if module is not None:
+            context = min(context_length(module.policy.config), module.rm.context_length)
+            longest = self.hparams.max_prompt_tokens + module.hparams.max_new_tokens
+            if longest > context:
+                raise ValueError(
+                    f"data.max_prompt_tokens ({self.hparams.max_prompt_tokens}) + model.max_new_tokens "
+                    f"({module.hparams.max_new_tokens}) = {longest} tokens exceed the {context}-token context of the "
+                    "policy / reward model: lower one of them"
+                )
         self.prepare()
 
     def prepare(self) -> None:

@@ -482,6 +482,7 @@ class RewardModule(Stage):
         super().__init__()
         self.save_hyperparameters()
         self.optimizer_factory = optimizer
+        tiny = TinyConfig(**tiny) if isinstance(tiny, dict) else tiny
         self.tokenizer = load_tokenizer(tokenizer_name_or_path or model_name_or_path, tiny)
         self.rm = RewardModel.from_causal_lm(
             model_name_or_path, self.tokenizer, tiny=tiny, residual_dropout=residual_dropout,

@@ -7,18 +7,21 @@ import pytest
 import torch
 
 from conftest import CONFIGS, run_cli
-from lit_instruct import PPOPtxDataModule, PPOPtxModule, RewardModel, SFTModule
+from lit_instruct import PPOPtxDataModule, PPOPtxModule, RewardModel, SFTDataModule, SFTModule, TinyConfig
 from lit_instruct.export import save_export
 from lit_instruct.records import DataError
 
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory, tokenizer):
-    """A tiny SFT export and a normalised reward-model export built from it (no training needed)."""
+    """A tiny SFT export (30 steps, so its distribution is peaked like a trained model's) and a normalised
+    reward-model export built from it."""
     tmp = tmp_path_factory.mktemp("ppo_exports")
     torch.manual_seed(0)
-    sft = SFTModule(tiny={"n_layer": 1, "n_embd": 64, "n_head": 2, "n_positions": 128, "vocab_size": 4096})
-    sft.export(tmp / "sft")
+    sft = SFTModule(tiny=TinyConfig(n_layer=1, n_embd=64, n_head=2, n_positions=128), num_sample_prompts=0,
+                    optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3), export_dir=str(tmp / "sft"))
+    L.Trainer(accelerator="cpu", max_steps=30, limit_val_batches=0, logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, default_root_dir=tmp).fit(sft, SFTDataModule(batch_size=8, max_length=64))
     rm = RewardModel.from_causal_lm(str(tmp / "sft"), tokenizer)
     rm.reward_shift.fill_(0.1)
     rm.normalization = {"shift": 0.1, "rows": 0}
@@ -42,9 +45,10 @@ def data(**kwargs):
 
 
 def trainer(tmp_path, iterations, **kwargs):
-    return L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=iterations, limit_val_batches=1,
-                     val_check_interval=iterations, num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
-                     default_root_dir=tmp_path, **kwargs)
+    args = dict(accelerator="cpu", max_epochs=1, limit_train_batches=iterations, limit_val_batches=1,
+                val_check_interval=iterations, num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
+                default_root_dir=tmp_path)
+    return L.Trainer(**{**args, **kwargs})
 
 
 def test_trainable_weights_change_and_frozen_ones_do_not(exports, tmp_path):
@@ -90,12 +94,13 @@ def test_resume_restores_the_ppo_state(exports, tmp_path):
     assert policy and state["optimizer_states"][0]["state"]  # policy weights and Adam moments were saved
 
 
-class TokenFrequencyReward(torch.nn.Module):
-    """A reward that is easy to raise: the share of a given token among the real tokens."""
+class TokenShareReward(torch.nn.Module):
+    """A reward that is easy to raise: 10 x the share of ``token_id`` among the response's tokens (the last ``width``
+    columns; responses never end early here)."""
 
-    def __init__(self, rm, token_id):
+    def __init__(self, rm, token_id, width):
         super().__init__()
-        self.rm, self.token_id = rm, token_id
+        self.rm, self.token_id, self.width = rm, token_id, width
         self.tokenizer = rm.tokenizer
 
     @property
@@ -103,15 +108,21 @@ class TokenFrequencyReward(torch.nn.Module):
         return self.rm.context_length
 
     def forward(self, input_ids, attention_mask):
-        hits = ((input_ids == self.token_id) & attention_mask.bool()).float().sum(1)
-        return 10 * hits / attention_mask.sum(1)
+        ids, mask = input_ids[:, -self.width:], attention_mask[:, -self.width:].bool()
+        return 10 * ((ids == self.token_id) & mask).float().sum(1) / mask.sum(1).clamp(min=1)
 
 
-def test_score_rises_and_kl_grows_with_an_easy_reward(exports, tmp_path, tokenizer):
+def test_score_rises_and_kl_grows_with_an_easy_reward(exports, tmp_path):
     torch.manual_seed(0)
     module = make(exports, ptx_coef=0.0, missing_eos_penalty=None, kl_coef=0.01, minibatch_size=8, ppo_epochs=2,
                   optimizer=lambda p: torch.optim.Adam(p, lr=3e-3, eps=1e-5))
-    module.rm = TokenFrequencyReward(module.rm, tokenizer(" the", add_special_tokens=False)["input_ids"][0])
+    dm = data(rollout_batch_size=16)
+    dm.tokenizer = module.tokenizer
+    dm.prepare()
+    query, mask = module.collate_prompts(dm.train_prompts[:16])
+    with torch.no_grad():  # reward the token the policy already likes most (a few % of its samples)
+        target = int(module.policy(input_ids=query, attention_mask=mask).logits[:, -1].softmax(-1).mean(0).argmax())
+    module.rm = TokenShareReward(module.rm, target, width=8)
     scores, kls = [], []
 
     class Record(L.Callback):
@@ -119,10 +130,10 @@ def test_score_rises_and_kl_grows_with_an_easy_reward(exports, tmp_path, tokeniz
             scores.append(float(trainer.callback_metrics["objective/score"]))
             kls.append(float(trainer.callback_metrics["objective/kl"]))
 
-    trainer(tmp_path, 16, enable_checkpointing=False, callbacks=[Record()], limit_val_batches=0).fit(module, data(rollout_batch_size=16))
-    first, last = sum(scores[:4]) / 4, sum(scores[-4:]) / 4
-    assert last > first + 0.5, scores
-    assert sum(kls[-4:]) / 4 > sum(kls[:4]) / 4, kls
+    trainer(tmp_path, 16, enable_checkpointing=False, callbacks=[Record()], limit_val_batches=0).fit(module, dm)
+    first, last = sum(scores[:3]) / 3, sum(scores[-3:]) / 3
+    assert last > first + 3.0, scores
+    assert sum(kls[-3:]) / 3 > sum(kls[:3]) / 3 + 1.0, kls
 
 
 def test_bad_inputs_stop_before_training(exports, tmp_path, tokenizer):
@@ -134,6 +145,9 @@ def test_bad_inputs_stop_before_training(exports, tmp_path, tokenizer):
     long.write_text(json.dumps({"prompt": "word " * 200}) + "\n" + "".join(json.dumps({"prompt": f"q{i}"}) + "\n" for i in range(40)))
     with pytest.raises(DataError, match=r"long.jsonl:1: prompt is \d+ tokens, longer than max_prompt_tokens=48"):
         trainer(tmp_path, 1).fit(make(exports), data(prompts_file=str(long), overlong="error"))
+    # Prompt room plus response length beyond the context.
+    with pytest.raises(ValueError, match=r"max_prompt_tokens \(121\) \+ model.max_new_tokens \(8\) = 129 tokens exceed the 128-token context"):
+        trainer(tmp_path, 1).fit(make(exports), data(max_prompt_tokens=121))
     # A reward model without its normalisation.
     raw = RewardModel.from_causal_lm(str(exports / "sft"), tokenizer)
     save_export(raw, tokenizer, tmp_path / "raw_rm", {"stage": "reward", "normalization": None})
@@ -167,6 +181,7 @@ def test_cli_ppo_ptx_tiny_config(exports, tmp_path):
         "fit", "--config", str(CONFIGS / "ppo_ptx" / "tiny.yaml"),
         "--model.policy_name_or_path", str(exports / "sft"), "--model.reward_model_path", str(exports / "rm"),
         "--trainer.limit_train_batches", "2", "--trainer.val_check_interval", "2", "--data.max_val_prompts", "4",
+        "--data.max_prompt_tokens", "64", "--model.max_new_tokens", "16",
         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path),
         "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint", "--trainer.callbacks.dirpath", str(tmp_path / "ck"),
         "--trainer.callbacks.save_last", "true", "--model.export_dir", str(tmp_path / "export"),
