@@ -211,6 +211,8 @@ class PPOPtxModule(Stage):
         reference_name_or_path: The frozen reference; ``None``: the policy's starting point.
         critic_name_or_path: The reward-model export the critic (value function) starts from; ``None``:
             ``reward_model_path``.
+        total_episodes: Stop after this many episodes (rollouts of one prompt), counted across processes and
+            across resumes (the paper: 256k). ``None``: the trainer's own limits decide.
         kl_coef: beta, the per-token KL penalty coefficient (paper: 0.02); the starting value when adaptive.
         adaptive_kl: Use Ziegler et al.'s adaptive controller towards ``kl_target``.
         kl_target: Target KL per response (nats) of the adaptive controller.
@@ -253,6 +255,7 @@ class PPOPtxModule(Stage):
         reward_model_path: str = "runs/reward-tiny/export",
         reference_name_or_path: Optional[str] = None,
         critic_name_or_path: Optional[str] = None,
+        total_episodes: Optional[int] = None,
         kl_coef: float = 0.02,
         adaptive_kl: bool = False,
         kl_target: float = 6.0,
@@ -348,9 +351,12 @@ class PPOPtxModule(Stage):
     # ------------------------------------------------------------------ optimisation set-up
     def setup(self, stage: str) -> None:
         strategy = self.trainer.strategy
-        if hasattr(strategy, "config") and self.hparams.max_grad_norm and strategy.config is not None:
+        if getattr(strategy, "config", None) is not None:  # DeepSpeed
             # Lightning refuses gradient_clip_val with manual optimisation; DeepSpeed clips from its own config.
-            strategy.config.setdefault("gradient_clipping", self.hparams.max_grad_norm)
+            if self.hparams.max_grad_norm:
+                strategy.config.setdefault("gradient_clipping", self.hparams.max_grad_norm)
+            # The prompt stream has no batch sampler to read a micro-batch size from: one update is one minibatch.
+            strategy.config.setdefault("train_micro_batch_size_per_gpu", self.hparams.minibatch_size)
         if self.ema is not None and getattr(strategy, "zero_stage_3", False):
             raise ValueError("ema_decay is not supported under ZeRO-3 (the policy's weights are sharded)")
 
@@ -395,6 +401,15 @@ class PPOPtxModule(Stage):
         return rollout
 
     # ------------------------------------------------------------------ the PPO iteration
+    def _done(self) -> bool:
+        return self.hparams.total_episodes is not None and self.episodes >= self.hparams.total_episodes
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> Optional[int]:
+        if self._done():  # e.g. resumed from a run that had already finished
+            self.trainer.should_stop = True
+            return -1
+        return None
+
     def training_step(self, prompts: list[list[int]], batch_idx: int) -> None:
         h = self.hparams
         start = time.perf_counter()
@@ -439,6 +454,8 @@ class PPOPtxModule(Stage):
         self.log("score", rollout.scores.mean(), prog_bar=True, logger=False)
         self.log("kl", kl_per_response, prog_bar=True, logger=False)
         self.lr_schedulers().step()
+        if self._done():
+            self.trainer.should_stop = True
 
     def ppo_update(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, torch.Tensor]:
         """PPO epochs over shuffled minibatches; each minibatch's loss adds ``ptx_coef`` times the pretraining LM loss."""

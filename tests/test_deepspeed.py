@@ -50,21 +50,59 @@ def test_zero2_and_zero3_train_the_same_weights(zero_runs):
     assert not torch.equal(init["transformer.h.0.attn.c_attn.weight"], a["transformer.h.0.attn.c_attn.weight"])
 
 
+@pytest.fixture(scope="module")
+def zero_reward_runs(zero_runs, tmp_path_factory):
+    """The reward stage under ZeRO-2/3, from the SFT export of the same ZeRO stage."""
+    runs = {}
+    for stage in (2, 3):
+        tmp = tmp_path_factory.mktemp(f"reward_zero{stage}")
+        done = run_cli(
+            "fit", "--config", str(CONFIGS / "reward" / "tiny.yaml"), "--config", str(CONFIGS / "trainer" / f"cpu_zero{stage}.yaml"),
+            *tiny_overrides(tmp, samples=False), "--model.model_name_or_path", str(zero_runs[stage] / "export"),
+            "--data.normalization_rows", "16", "--data.batch_size", "2", timeout=900,
+        )
+        assert done.returncode == 0, done.stderr[-4000:]
+        runs[stage] = tmp
+    return runs
+
+
 @pytest.mark.parametrize("stage", [2, 3])
-def test_reward_model_trains_under_zero(zero_runs, tmp_path, stage):
-    """The reward stage under ZeRO-2/3 from the SFT export of the same run; its checkpoint converts too."""
+def test_reward_model_trains_under_zero_and_its_checkpoint_converts(zero_reward_runs, stage):
     from lit_instruct import RewardModel
 
-    done = run_cli(
-        "fit", "--config", str(CONFIGS / "reward" / "tiny.yaml"), "--config", str(CONFIGS / "trainer" / f"cpu_zero{stage}.yaml"),
-        *tiny_overrides(tmp_path, samples=False), "--model.model_name_or_path", str(zero_runs[stage] / "export"),
-        "--data.normalization_rows", "16", "--data.batch_size", "2", timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    rm = RewardModel.from_pretrained(tmp_path / "export")
+    tmp = zero_reward_runs[stage]
+    rm = RewardModel.from_pretrained(tmp / "export")
     assert rm.normalization["rows"] == 16
-    converted = run_cli("export", str(tmp_path / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "converted"))
+    converted = run_cli("export", str(tmp / "checkpoints" / "last.ckpt"), "--out", str(tmp / "converted"))
     assert converted.returncode == 0, converted.stderr[-3000:]
-    again = RewardModel.from_pretrained(tmp_path / "converted")  # re-normalised from the checkpoint's data settings
+    again = RewardModel.from_pretrained(tmp / "converted")  # re-normalised from the checkpoint's data settings
     a, b = rm.state_dict(), again.state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_ppo_ptx_trains_and_resumes_under_zero(zero_runs, zero_reward_runs, tmp_path, stage):
+    """PPO-ptx with its four models under ZeRO-2/3 (generation synced under ZeRO-3), stopped and resumed."""
+    import json
+
+    args = [
+        "fit", "--config", str(CONFIGS / "ppo_ptx" / "tiny.yaml"), "--config", str(CONFIGS / "trainer" / f"cpu_zero{stage}.yaml"),
+        "--model.policy_name_or_path", str(zero_runs[stage] / "export"),
+        "--model.reward_model_path", str(zero_reward_runs[stage] / "export"),
+        "--model.adaptive_kl", "true", "--model.kl_target", "0.01", "--model.kl_horizon", "100",
+        "--data.rollout_batch_size", "4", "--model.minibatch_size", "4", "--model.max_new_tokens", "8",
+        "--data.max_val_prompts", "4", "--data.val_batch_size", "4", "--model.ptx_examples_per_episode", "2",
+        "--trainer.val_check_interval", "2", "--trainer.logger", "false",
+        "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint", "--trainer.callbacks.dirpath", str(tmp_path / "ck"),
+        "--trainer.callbacks.save_last", "true", "--model.export_dir", str(tmp_path / "export"),
+        "--trainer.default_root_dir", str(tmp_path),
+    ]
+    done = run_cli(*args, "--model.total_episodes", "16", timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    first = json.loads((tmp_path / "export" / "lit_instruct.json").read_text())
+    assert first["episodes"] == 16  # 2 iterations x 4 prompts x 2 processes
+    resumed = run_cli(*args, "--model.total_episodes", "24", "--ckpt_path", str(tmp_path / "ck" / "last.ckpt"), timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    second = json.loads((tmp_path / "export" / "lit_instruct.json").read_text())
+    assert second["episodes"] == 24  # the episode count, and with it the KL controller's state, carried on
+    assert second["kl_coef_final"] != first["kl_coef_final"]

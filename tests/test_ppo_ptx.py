@@ -180,7 +180,7 @@ def test_cli_ppo_ptx_tiny_config(exports, tmp_path):
     done = run_cli(
         "fit", "--config", str(CONFIGS / "ppo_ptx" / "tiny.yaml"),
         "--model.policy_name_or_path", str(exports / "sft"), "--model.reward_model_path", str(exports / "rm"),
-        "--trainer.limit_train_batches", "2", "--trainer.val_check_interval", "2", "--data.max_val_prompts", "4",
+        "--model.total_episodes", "32", "--trainer.val_check_interval", "2", "--data.max_val_prompts", "4",
         "--data.max_prompt_tokens", "64", "--model.max_new_tokens", "16",
         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path),
         "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint", "--trainer.callbacks.dirpath", str(tmp_path / "ck"),
