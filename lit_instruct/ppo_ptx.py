@@ -50,6 +50,17 @@ def ppo_optimizer(params, lr: float = 1e-5) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=lr, eps=1e-5)
 
 
+def bnb_config(quantization: Optional[str]):
+    """A bitsandbytes config for ``"8bit"`` or ``"4bit"`` (nf4) loading of the frozen models, or ``None``."""
+    if quantization is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+
+
 # ====================================================================== data
 
 
@@ -239,7 +250,8 @@ class PPOPtxModule(Stage):
         max_grad_norm: Gradient clipping (under DeepSpeed it is handed to DeepSpeed's ``gradient_clipping``).
         ema_decay: Keep an exponential moving average of the policy's weights (paper: 0.992) and export it;
             ``None``: off.
-        frozen_quantization: Load the reference and the reward model in ``"8bit"`` or ``"4bit"`` (bitsandbytes).
+        frozen_quantization: Load the reference and the reward model in ``"8bit"`` or ``"4bit"`` (nf4) through
+            bitsandbytes (needs ``accelerate``); ``None``: full precision.
         gradient_checkpointing: Recompute activations of the policy and critic in the backward pass.
         disable_dropout: Turn dropout off in all four models (the usual RL setting).
         export_dir: Where the policy export is written; ``None``: ``<default_root_dir>/export``.
@@ -294,8 +306,10 @@ class PPOPtxModule(Stage):
         self.optimizer_factory = optimizer
         self.tokenizer = load_tokenizer(policy_name_or_path)
         self.policy = load_causal_lm(policy_name_or_path, self.tokenizer, gradient_checkpointing=gradient_checkpointing)
-        self.ref = self._load_frozen_lm(reference_name_or_path or policy_name_or_path, frozen_quantization)
-        self.rm = RewardModel.from_pretrained(reward_model_path)  # refuses an export without its normalisation
+        quantization = bnb_config(frozen_quantization)
+        self.ref = self._load_frozen_lm(reference_name_or_path or policy_name_or_path, quantization)
+        # Refuses an export without its normalisation.
+        self.rm = RewardModel.from_pretrained(reward_model_path, quantization_config=quantization)
         self.critic = RewardModel.from_pretrained(critic_name_or_path or reward_model_path, require_normalization=False)
         if gradient_checkpointing:
             self.critic.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -321,15 +335,12 @@ class PPOPtxModule(Stage):
         self._val_samples: list[list] = []
 
     # ------------------------------------------------------------------ construction helpers
-    def _load_frozen_lm(self, path: str, quantization: Optional[str]):
-        if quantization is None:
+    def _load_frozen_lm(self, path: str, quantization_config):
+        if quantization_config is None:
             return load_causal_lm(path, self.tokenizer)
-        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+        from transformers import AutoModelForCausalLM
 
-        config = BitsAndBytesConfig(load_in_8bit=True) if quantization == "8bit" else BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
-        )
-        return AutoModelForCausalLM.from_pretrained(path, quantization_config=config)
+        return AutoModelForCausalLM.from_pretrained(path, quantization_config=quantization_config)
 
     def _check_tokenizers(self, reward_model_path: str) -> None:
         if self.rm.tokenizer.get_vocab() != self.tokenizer.get_vocab():

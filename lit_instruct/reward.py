@@ -107,8 +107,11 @@ class RewardModel(nn.Module):
         return cls(backbone, tokenizer, prompt_template)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, require_normalization: bool = True) -> "RewardModel":
-        """Load a reward-model export (the stage's output). Refuses one that was never normalised, unless told."""
+    def from_pretrained(cls, path: str | Path, *, require_normalization: bool = True, quantization_config=None) -> "RewardModel":
+        """Load a reward-model export (the stage's output). Refuses one that was never normalised, unless told.
+
+        ``quantization_config`` (a ``transformers.BitsAndBytesConfig``) loads the backbone in 8 or 4 bits; the head
+        stays in full precision."""
         path = Path(path)
         if not (path / HEAD_FILE).is_file():
             raise FileNotFoundError(f"{path}: not a lit-instruct reward model export (no {HEAD_FILE})")
@@ -120,7 +123,8 @@ class RewardModel(nn.Module):
                 "reward of 0); re-run the reward stage with data.demonstrations_file set, or pass require_normalization=False"
             )
         tokenizer = load_tokenizer(str(path))
-        model = cls(AutoModel.from_pretrained(path), tokenizer, meta.get("prompt_template", DEFAULT_TEMPLATE))
+        kwargs = {"quantization_config": quantization_config} if quantization_config is not None else {}
+        model = cls(AutoModel.from_pretrained(path, **kwargs), tokenizer, meta.get("prompt_template", DEFAULT_TEMPLATE))
         state = load_file(path / HEAD_FILE)
         model.head.load_state_dict({"weight": state["head.weight"], "bias": state["head.bias"]})
         model.reward_shift.copy_(state["reward_shift"])

@@ -191,3 +191,13 @@ def test_cli_ppo_ptx_tiny_config(exports, tmp_path):
     meta = json.loads((tmp_path / "export" / "lit_instruct.json").read_text())
     assert meta["stage"] == "ppo_ptx" and meta["episodes"] == 32
     assert "val/pretrain_loss" in meta["metrics"]
+
+
+@pytest.mark.parametrize("bits", ["8bit", "4bit"])
+def test_frozen_models_load_quantized(exports, tmp_path, bits):
+    pytest.importorskip("bitsandbytes")
+    module = make(exports, frozen_quantization=bits)
+    assert any("Linear8bitLt" in type(m).__name__ or "Linear4bit" in type(m).__name__ for m in module.ref.modules())
+    assert any("Linear8bitLt" in type(m).__name__ or "Linear4bit" in type(m).__name__ for m in module.rm.modules())
+    trainer(tmp_path, 1, enable_checkpointing=False, limit_val_batches=0).fit(module, data())
+    assert module.episodes == 8
