@@ -40,7 +40,8 @@ def test_sft_trains_any_hf_causal_lm_from_a_directory(tmp_path, tokenizer, arch)
     module = SFTModule(model_name_or_path=str(tmp_path / "src"), export_dir=str(tmp_path / "export"), num_sample_prompts=1, sample_max_new_tokens=3)
     assert torch.equal(module.model.get_input_embeddings().weight, source.get_input_embeddings().weight)
     assert module.context_length == 128
-    trainer = L.Trainer(accelerator="cpu", max_steps=3, limit_val_batches=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer = L.Trainer(accelerator="cpu", max_steps=3, limit_val_batches=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, default_root_dir=tmp_path)
     trainer.fit(module, SFTDataModule(batch_size=2))
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "export")
     assert reloaded.config.model_type == arch
@@ -66,10 +67,11 @@ def test_mismatched_tokenizer_is_refused(tmp_path, tokenizer):
         load_causal_lm(str(tmp_path / "m"), tokenizer)
 
 
-def test_bitsandbytes_8bit_adamw_is_selectable():
+def test_bitsandbytes_8bit_adamw_is_selectable(tmp_path):
     bnb = pytest.importorskip("bitsandbytes")
     module = SFTModule(optimizer=lambda p: bnb.optim.AdamW8bit(p, lr=1e-3, betas=(0.9, 0.95)))
-    trainer = L.Trainer(accelerator="cpu", max_steps=2, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, default_root_dir=tmp_path)
     before = module.model.transformer.wte.weight.detach().clone()
     trainer.fit(module, SFTDataModule(batch_size=2, max_length=64))
     assert isinstance(trainer.optimizers[0], bnb.optim.AdamW8bit)
