@@ -201,3 +201,10 @@ def test_frozen_models_load_quantized(exports, tmp_path, bits):
     assert any("Linear8bitLt" in type(m).__name__ or "Linear4bit" in type(m).__name__ for m in module.rm.modules())
     trainer(tmp_path, 1, enable_checkpointing=False, limit_val_batches=0).fit(module, data())
     assert module.episodes == 8
+
+
+def test_gradient_checkpointing_of_policy_and_critic(exports, tmp_path):
+    module = make(exports, gradient_checkpointing=True)
+    assert module.policy.is_gradient_checkpointing and module.critic.backbone.is_gradient_checkpointing
+    trainer(tmp_path, 1, enable_checkpointing=False, limit_val_batches=0).fit(module, data())
+    assert module.episodes == 8
