@@ -16,7 +16,10 @@ from lightning.pytorch.cli import LightningCLI
 
 from lit_instruct.loggers import configure_wandb_env
 
-TOOLS = {"export": "convert a checkpoint (file or DeepSpeed ZeRO folder) into a Hugging Face export"}
+TOOLS = {
+    "export": "convert a checkpoint (file or DeepSpeed ZeRO folder) into a Hugging Face export",
+    "pipeline": "base -> SFT -> reward model -> PPO-ptx and a plain-PPO control, with a report",
+}
 
 
 class LitInstructCLI(LightningCLI):
@@ -52,6 +55,11 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] == "export":
         return export_main(args[1:])
+    if args and args[0] == "pipeline":
+        from lit_instruct.pipeline import main as pipeline_main
+
+        configure_wandb_env()
+        return pipeline_main(args[1:])
     configure_wandb_env()
     LitInstructCLI(args=argv)
 

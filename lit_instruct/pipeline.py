@@ -1,0 +1,273 @@
+"""``lit-instruct pipeline``: base -> SFT -> reward model -> PPO-ptx, plus a plain-PPO control, in one run folder.
+
+Each stage runs as its own ``lit-instruct fit`` process with its config and an overlay the pipeline writes (run
+folder, export paths, the previous stages' exports, a CSV logger beside W&B). A stage whose export exists and
+whose fingerprint (its config files, its overlay, and its inputs' fingerprints) is unchanged is reused; ``--force``
+redoes every stage. Then the SFT policy, the PPO control and the PPO-ptx policy are measured on the same held-out
+prompts and held-out pretraining text, and ``report.json`` / ``report.md`` (with PNG plots) are written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+STAGES = ("base", "sft", "reward", "ppo", "ppo_ptx")
+POLICIES = ("sft", "ppo", "ppo_ptx")
+
+#: Overrides that shrink every stage to a few steps (``--smoke``): for tests and a quick look.
+SMOKE = {
+    "base": {"trainer": {"max_steps": 4, "limit_val_batches": 2, "val_check_interval": 2}},
+    "sft": {"trainer": {"max_steps": 4, "limit_val_batches": 2, "val_check_interval": 2}},
+    "reward": {"trainer": {"max_steps": 4, "limit_val_batches": 2, "val_check_interval": 2},
+               "data": {"init_args": {"normalization_rows": 16}}},
+    "ppo": {"trainer": {"val_check_interval": 1}, "model": {"init_args": {"total_episodes": 32}},
+            "data": {"init_args": {"max_val_prompts": 4, "max_val_pretrain_blocks": 4}}},
+    "ppo_ptx": {"trainer": {"val_check_interval": 1}, "model": {"init_args": {"total_episodes": 32}},
+                "data": {"init_args": {"max_val_prompts": 4, "max_val_pretrain_blocks": 4}}},
+}
+
+
+@dataclass
+class PipelineConfig:
+    """What the pipeline runs: per stage a config file, or a list of them composed in order (for example a stage
+    config and a trainer config). ``base`` may be ``None`` when SFT starts from a pretrained model."""
+
+    base: str | list[str] | None = "configs/base/tiny.yaml"
+    sft: str | list[str] = "configs/sft/tiny.yaml"
+    reward: str | list[str] = "configs/reward/tiny.yaml"
+    ppo: str | list[str] = "configs/ppo_ptx/tiny_plain_ppo.yaml"
+    ppo_ptx: str | list[str] = "configs/ppo_ptx/tiny.yaml"
+    overrides: dict = field(default_factory=dict)  # per stage: a nested dict merged into its overlay
+    eval_prompts: int = 32  # held-out prompts each policy is scored on in the report
+    samples: int = 4  # prompts shown side by side in report.md
+
+    @classmethod
+    def load(cls, path: str | None) -> "PipelineConfig":
+        if path is None:
+            return cls()
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"{path}: unknown pipeline keys {sorted(unknown)} (known: {sorted(cls.__dataclass_fields__)})")
+        config = cls(**data)
+        for stage in STAGES:
+            for file in config.files(stage):
+                if not Path(file).is_file():
+                    raise FileNotFoundError(f"{path}: stage {stage!r} names {file}, which does not exist")
+        return config
+
+    def files(self, stage: str) -> list[str]:
+        value = getattr(self, stage)
+        return [] if value is None else [value] if isinstance(value, str) else list(value)
+
+
+def merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def fingerprint(*parts) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+class Pipeline:
+    def __init__(self, config: PipelineConfig, out: Path, force: bool = False, smoke: bool = False) -> None:
+        self.config, self.out, self.force, self.smoke = config, out, force, smoke
+        self.fingerprints: dict[str, str] = {}
+        self.timings: dict[str, float] = {}
+
+    def export(self, stage: str) -> Path:
+        return self.out / stage / "export"
+
+    def overlay(self, stage: str) -> dict:
+        """The settings the pipeline lays over a stage's own config."""
+        folder = self.out / stage
+        model_args: dict = {"export_dir": str(self.export(stage))}
+        if stage == "sft" and self.config.base:
+            model_args["model_name_or_path"] = str(self.export("base"))
+        if stage == "reward":
+            model_args["model_name_or_path"] = str(self.export("sft"))
+        if stage in ("ppo", "ppo_ptx"):
+            model_args["policy_name_or_path"] = str(self.export("sft"))
+            model_args["reward_model_path"] = str(self.export("reward"))
+        overlay = {
+            "trainer": {
+                "default_root_dir": str(folder),
+                "logger": [
+                    {"class_path": "lightning.pytorch.loggers.WandbLogger",
+                     "init_args": {"project": "lit-instruct", "name": f"pipeline-{stage}", "save_dir": str(folder)}},
+                    {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(folder), "name": "csv"}},
+                ],
+                "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                               "init_args": {"dirpath": str(folder / "checkpoints"), "save_last": True}}],
+            },
+            "model": {"init_args": model_args},
+        }
+        if self.smoke:
+            overlay = merge(overlay, SMOKE[stage])
+        return merge(overlay, self.config.overrides.get(stage, {}))
+
+    def inputs(self, stage: str) -> list[str]:
+        return {"base": [], "sft": ["base"] if self.config.base else [], "reward": ["sft"],
+                "ppo": ["sft", "reward"], "ppo_ptx": ["sft", "reward"]}[stage]
+
+    def run_stage(self, stage: str) -> None:
+        files = self.config.files(stage)
+        folder = self.out / stage
+        overlay = self.overlay(stage)
+        contents = [Path(f).read_text() for f in files]
+        fp = fingerprint(stage, contents, overlay, [self.fingerprints[i] for i in self.inputs(stage)])
+        self.fingerprints[stage] = fp
+        stamp = folder / "pipeline_stage.json"
+        if not self.force and self.export(stage).is_dir() and stamp.is_file() and json.loads(stamp.read_text()).get("fingerprint") == fp:
+            print(f"[pipeline] {stage}: reusing {self.export(stage)} (unchanged; --force redoes it)", flush=True)
+            self.timings[stage] = json.loads(stamp.read_text()).get("seconds", 0.0)
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        overlay_path = folder / "pipeline_overlay.yaml"
+        overlay_path.write_text(yaml.safe_dump(overlay, sort_keys=False))
+        command = [sys.executable, "-m", "lit_instruct", "fit"]
+        for file in [*files, str(overlay_path)]:
+            command += ["--config", file]
+        print(f"[pipeline] {stage}: {' '.join(command[2:])}", flush=True)
+        start = time.perf_counter()
+        done = subprocess.run(command)
+        seconds = time.perf_counter() - start
+        if done.returncode != 0:
+            raise SystemExit(f"[pipeline] stage {stage} failed (exit {done.returncode}); its folder: {folder}")
+        self.timings[stage] = seconds
+        stamp.write_text(json.dumps({"fingerprint": fp, "seconds": seconds, "configs": files}, indent=2) + "\n")
+        print(f"[pipeline] {stage}: done in {seconds:.0f} s", flush=True)
+
+    # ------------------------------------------------------------------ evaluation and report
+    def evaluate(self) -> dict:
+        """Score the SFT, PPO and PPO-ptx policies on the same held-out prompts and pretraining text."""
+        import lightning as L
+
+        from lit_instruct.ppo_ptx import PPOPtxDataModule, PPOPtxModule
+
+        ppo_config = {}
+        for file in self.config.files("ppo_ptx"):
+            ppo_config = merge(ppo_config, yaml.safe_load(Path(file).read_text()))
+        model_args = dict(ppo_config["model"].get("init_args", {}))
+        data_args = merge(dict(ppo_config["data"].get("init_args", {})), self.overlay("ppo_ptx").get("data", {}).get("init_args", {}))
+        data_args["max_val_prompts"] = min(data_args.get("max_val_prompts", 64), self.config.eval_prompts) if not self.smoke else 4
+        results = {}
+        for name in POLICIES:
+            L.seed_everything(1234, verbose=False)
+            args = {k: v for k, v in model_args.items() if k not in ("optimizer", "export_dir")}
+            args.update(policy_name_or_path=str(self.export(name)), reference_name_or_path=str(self.export("sft")),
+                        reward_model_path=str(self.export("reward")), num_sample_prompts=self.config.samples)
+            module = PPOPtxModule(**args)
+            trainer = L.Trainer(accelerator="auto", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                                default_root_dir=self.out / "eval" / name)
+            metrics = trainer.validate(module, PPOPtxDataModule(**data_args), verbose=False)[0]
+            results[name] = {"score": metrics["val/score"], "kl": metrics["val/kl"], "pretrain_loss": metrics["val/pretrain_loss"],
+                             "response_length": metrics["val/response_length"],
+                             "samples": [{"prompt": p, "response": r, "score": s} for _, p, r, s in module._val_samples]}
+        reward = json.loads((self.export("reward") / "lit_instruct.json").read_text())["metrics"]
+        results["reward"] = {"accuracy": reward.get("val/accuracy"), "length_baseline_accuracy": reward.get("val/length_baseline_accuracy")}
+        return results
+
+    def curves(self, stage: str) -> list[dict]:
+        """Per-iteration training metrics and per-validation metrics from a PPO stage's CSV log."""
+        files = sorted((self.out / stage / "csv").glob("version_*/metrics.csv"))
+        if not files:
+            return []
+        with files[-1].open() as f:
+            return list(csv.DictReader(f))
+
+    def plots(self) -> list[str]:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        names = []
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for stage, label in (("ppo", "PPO"), ("ppo_ptx", "PPO-ptx")):
+            rows = [r for r in self.curves(stage) if r.get("objective/kl") and r.get("objective/score")]
+            ax.plot([float(r["objective/kl"]) for r in rows], [float(r["objective/score"]) for r in rows], ".-", label=label, alpha=0.7)
+        ax.set_xlabel("KL to SFT (nats per response)")
+        ax.set_ylabel("RM score (training rollouts)")
+        ax.set_title("Score vs KL during training")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(self.out / "score_vs_kl.png", dpi=100)
+        names.append("score_vs_kl.png")
+        plt.close(fig)
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for stage, label in (("ppo", "PPO"), ("ppo_ptx", "PPO-ptx")):
+            rows = [r for r in self.curves(stage) if r.get("val/pretrain_loss")]
+            episodes = [r for r in self.curves(stage) if r.get("episodes")]
+            steps = {r["step"]: float(r["episodes"]) for r in episodes}
+            ax.plot([steps.get(r["step"], float(r["step"])) for r in rows], [float(r["val/pretrain_loss"]) for r in rows], "o-", label=label)
+        ax.set_xlabel("episodes")
+        ax.set_ylabel("held-out pretraining LM loss")
+        ax.set_title("Alignment tax during training")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(self.out / "pretrain_loss.png", dpi=100)
+        names.append("pretrain_loss.png")
+        plt.close(fig)
+        return names
+
+    def report(self, results: dict, total_seconds: float) -> None:
+        summary = {name: {k: results[name][k] for k in ("score", "kl", "pretrain_loss", "response_length")} for name in POLICIES}
+        summary["reward"] = results["reward"]
+        summary["timing"] = {"stages_seconds": self.timings, "total_seconds": total_seconds}
+        (self.out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
+        images = self.plots()
+        lines = ["# lit-instruct pipeline report", "",
+                 f"Run folder `{self.out}`; {total_seconds:.0f} s in all. Held-out prompts and held-out pretraining text, "
+                 "the same for every policy; KL is to the SFT model, in nats per response.", "",
+                 "| policy | RM score | KL | pretraining loss | response length |", "|---|---|---|---|---|"]
+        for name, label in (("sft", "SFT"), ("ppo", "PPO (ptx_coef 0)"), ("ppo_ptx", "PPO-ptx")):
+            r = results[name]
+            lines.append(f"| {label} | {r['score']:.3f} | {r['kl']:.2f} | {r['pretrain_loss']:.3f} | {r['response_length']:.1f} |")
+        acc, base = results["reward"]["accuracy"], results["reward"]["length_baseline_accuracy"]
+        lines += ["", f"Reward model held-out pairwise accuracy: {acc:.3f}" + (f" (longer-wins baseline on the same pairs: {base:.3f})" if base is not None else ""), ""]
+        lines += [f"![{img}]({img})" for img in images]
+        lines += ["", "## Samples (held-out prompts)", "", "| prompt | SFT | PPO-ptx |", "|---|---|---|"]
+        cell = lambda text: str(text).replace("\n", " ").replace("|", "\\|")[:300]  # noqa: E731
+        for a, b in zip(results["sft"]["samples"], results["ppo_ptx"]["samples"]):
+            lines.append(f"| {cell(a['prompt'])} | {cell(a['response'])} ({a['score']:.2f}) | {cell(b['response'])} ({b['score']:.2f}) |")
+        (self.out / "report.md").write_text("\n".join(lines) + "\n")
+
+    def run(self) -> dict:
+        start = time.perf_counter()
+        self.out.mkdir(parents=True, exist_ok=True)
+        for stage in STAGES:
+            if stage == "base" and not self.config.base:
+                continue
+            self.run_stage(stage)
+        print("[pipeline] evaluating SFT, PPO and PPO-ptx on held-out prompts and pretraining text", flush=True)
+        results = self.evaluate()
+        self.report(results, time.perf_counter() - start)
+        print(f"[pipeline] wrote {self.out / 'report.json'} and {self.out / 'report.md'}", flush=True)
+        return results
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="lit-instruct pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="pipeline YAML (stage config files, per-stage overrides); default: the embedded tiny one")
+    parser.add_argument("--out", default="runs/pipeline", help="run folder (default: runs/pipeline)")
+    parser.add_argument("--force", action="store_true", help="redo every stage even when its export is up to date")
+    parser.add_argument("--smoke", action="store_true", help="a few steps per stage (tests, a quick look)")
+    args = parser.parse_args(argv)
+    Pipeline(PipelineConfig.load(args.config), Path(args.out), force=args.force, smoke=args.smoke).run()
