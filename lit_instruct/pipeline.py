@@ -192,7 +192,7 @@ class Pipeline:
         with files[-1].open() as f:
             return list(csv.DictReader(f))
 
-    def plots(self) -> list[str]:
+    def plots(self, results: dict) -> list[str]:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -203,6 +203,7 @@ class Pipeline:
         for stage, label in (("ppo", "PPO"), ("ppo_ptx", "PPO-ptx")):
             rows = [r for r in self.curves(stage) if r.get("objective/kl") and r.get("objective/score")]
             ax.plot([float(r["objective/kl"]) for r in rows], [float(r["objective/score"]) for r in rows], ".-", label=label, alpha=0.7)
+        ax.plot([0.0], [results["sft"]["score"]], "k*", markersize=12, label="SFT (held-out)")
         ax.set_xlabel("KL to SFT (nats per response)")
         ax.set_ylabel("RM score (training rollouts)")
         ax.set_title("Score vs KL during training")
@@ -217,6 +218,7 @@ class Pipeline:
             episodes = [r for r in self.curves(stage) if r.get("episodes")]
             steps = {r["step"]: float(r["episodes"]) for r in episodes}
             ax.plot([steps.get(r["step"], float(r["step"])) for r in rows], [float(r["val/pretrain_loss"]) for r in rows], "o-", label=label)
+        ax.axhline(results["sft"]["pretrain_loss"], color="k", linestyle="--", label="SFT")
         ax.set_xlabel("episodes")
         ax.set_ylabel("held-out pretraining LM loss")
         ax.set_title("Alignment tax during training")
@@ -232,7 +234,7 @@ class Pipeline:
         summary["reward"] = results["reward"]
         summary["timing"] = {"stages_seconds": self.timings, "total_seconds": total_seconds}
         (self.out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
-        images = self.plots()
+        images = self.plots(results)
         lines = ["# lit-instruct pipeline report", "",
                  f"Run folder `{self.out}`; {total_seconds:.0f} s in all. Held-out prompts and held-out pretraining text, "
                  "the same for every policy; KL is to the SFT model, in nats per response.", "",
