@@ -48,6 +48,10 @@ class PipelineConfig:
     ppo: str | list[str] = "configs/ppo_ptx/tiny_plain_ppo.yaml"
     ppo_ptx: str | list[str] = "configs/ppo_ptx/tiny.yaml"
     overrides: dict = field(default_factory=dict)  # per stage: a nested dict merged into its overlay
+    # Select the SFT model by this reward model's score on validation generations (the paper's selection) instead
+    # of keeping the last weights: a reward export from an earlier run, or "auto" for <out>/reward/export when an
+    # earlier run left one. Off by default: it changes the SFT stage, so everything downstream reruns.
+    sft_selection_reward_model: str | None = None
     eval_prompts: int = 32  # held-out prompts each policy is scored on in the report
     samples: int = 4  # prompts shown side by side in report.md
 
@@ -118,9 +122,22 @@ class Pipeline:
             },
             "model": {"init_args": model_args},
         }
+        selector = self.selection_reward_model()
+        if stage == "sft" and selector:
+            overlay["trainer"]["callbacks"].append({"class_path": "lit_instruct.callbacks.RewardModelSelection",
+                                                    "init_args": {"reward_model_path": selector}})
         if self.smoke:
             overlay = merge(overlay, SMOKE[stage])
         return merge(overlay, self.config.overrides.get(stage, {}))
+
+    def selection_reward_model(self) -> str | None:
+        choice = self.config.sft_selection_reward_model
+        if choice == "auto":
+            if not hasattr(self, "_earlier_reward"):  # decided once, before this run trains a new reward model
+                earlier = self.export("reward")
+                self._earlier_reward = str(earlier) if (earlier / "lit_instruct.json").is_file() else None
+            return self._earlier_reward
+        return choice
 
     def inputs(self, stage: str) -> list[str]:
         return {"base": [], "sft": ["base"] if self.config.base else [], "reward": ["sft"],
@@ -236,8 +253,11 @@ class Pipeline:
         (self.out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
         images = self.plots(results)
         lines = ["# lit-instruct pipeline report", "",
-                 f"Run folder `{self.out}`; {total_seconds:.0f} s in all. Held-out prompts and held-out pretraining text, "
-                 "the same for every policy; KL is to the SFT model, in nats per response.", "",
+                 f"Run folder `{self.out}`. Stage wall times (from the run that trained each): "
+                 + ", ".join(f"{k} {v:.0f} s" for k, v in self.timings.items())
+                 + f" ({sum(self.timings.values()):.0f} s in all); this invocation took {total_seconds:.0f} s.", "",
+                 "Held-out prompts and held-out pretraining text, the same for every policy; KL is to the SFT model, "
+                 "in nats per response.", "",
                  "| policy | RM score | KL | pretraining loss | response length |", "|---|---|---|---|---|"]
         for name, label in (("sft", "SFT"), ("ppo", "PPO (ptx_coef 0)"), ("ppo_ptx", "PPO-ptx")):
             r = results[name]

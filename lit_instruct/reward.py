@@ -157,8 +157,11 @@ class RewardModel(nn.Module):
         return values[torch.arange(values.shape[0], device=values.device), last_token_index(attention_mask)]
 
     @torch.no_grad()
-    def score(self, prompts: list[str], completions: list[str], batch_size: int = 16, max_length: int | None = None) -> torch.Tensor:
-        """Normalised rewards of ``(prompts[i], completions[i])`` pairs, in batches. Returns a (n,) CPU tensor."""
+    def score(self, prompts: list[str], completions: list[str], batch_size: int = 16, max_length: int | None = None,
+              prompts_are_formatted: bool = False) -> torch.Tensor:
+        """Normalised rewards of ``(prompts[i], completions[i])`` pairs, in batches. Returns a (n,) CPU tensor.
+
+        Prompts are put through the prompt template first, unless ``prompts_are_formatted`` (already model input)."""
         if len(prompts) != len(completions):
             raise ValueError(f"score: {len(prompts)} prompts but {len(completions)} completions")
         max_length = max_length or self.context_length
@@ -167,7 +170,8 @@ class RewardModel(nn.Module):
         for start in range(0, len(prompts), batch_size):
             rows = []
             for p, c in zip(prompts[start : start + batch_size], completions[start : start + batch_size]):
-                prompt_ids = self.tokenizer(format_prompt(p, self.prompt_template), add_special_tokens=False)["input_ids"]
+                text = p if prompts_are_formatted else format_prompt(p, self.prompt_template)
+                prompt_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
                 ids, _ = encode_pair(self.tokenizer, prompt_ids[-(max_length - 1):], c, max_length)
                 rows.append(ids)
             input_ids = pad(rows, self.tokenizer.pad_token_id).to(device)

@@ -82,3 +82,13 @@ def test_pipeline_configs_in_the_repo_load():
     for file in files:
         config = PipelineConfig.load(str(file))
         assert config.files("ppo_ptx") and config.files("reward")
+
+
+def test_sft_selection_uses_an_earlier_reward_model(tmp_path, fake_runs):
+    run_stages(tmp_path)
+    (tmp_path / "reward" / "export" / "lit_instruct.json").write_text("{}")  # an earlier run's reward export
+    pipeline = Pipeline(PipelineConfig(sft_selection_reward_model="auto"), tmp_path, smoke=True)
+    callbacks = pipeline.overlay("sft")["trainer"]["callbacks"]
+    assert callbacks[-1]["class_path"] == "lit_instruct.callbacks.RewardModelSelection"
+    assert callbacks[-1]["init_args"]["reward_model_path"] == str(tmp_path / "reward" / "export")
+    assert "RewardModelSelection" not in str(Pipeline(PipelineConfig(), tmp_path).overlay("sft"))

@@ -124,3 +124,23 @@ def test_cli_bad_input_stops_before_training(tmp_path):
     assert done.returncode != 0
     assert f"{bad}:2: field 'response' must be a string, got int" in done.stderr
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "export").exists()
+
+
+def test_sft_model_selection_by_reward_model_score(tmp_path, tokenizer):
+    """The callback logs val/rm_score at each validation and the export holds the best-scoring weights."""
+    from lit_instruct.callbacks import RewardModelSelection
+    from lit_instruct.export import save_export
+    from lit_instruct.reward import RewardModel
+
+    rm = RewardModel.from_causal_lm("embedded", tokenizer)
+    rm.normalization = {"shift": 0.0}
+    save_export(rm, tokenizer, tmp_path / "rm", {"stage": "reward", "normalization": rm.normalization})
+    select = RewardModelSelection(str(tmp_path / "rm"), num_prompts=4, max_new_tokens=6)
+    module = SFTModule(optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3), export_dir=str(tmp_path / "export"), num_sample_prompts=0)
+    trainer = L.Trainer(accelerator="cpu", max_steps=9, val_check_interval=3, limit_val_batches=1, num_sanity_val_steps=0,
+                        enable_checkpointing=False, enable_progress_bar=False, logger=False, default_root_dir=tmp_path,
+                        callbacks=[select])
+    trainer.fit(module, SFTDataModule(batch_size=4, max_length=64))
+    assert len(select.scores) == 3 and select.best_score == max(select.scores)
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "export").state_dict()
+    assert all(torch.equal(exported[k], select.best_state[k]) for k in exported)
