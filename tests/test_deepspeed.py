@@ -106,3 +106,12 @@ def test_ppo_ptx_trains_and_resumes_under_zero(zero_runs, zero_reward_runs, tmp_
     second = json.loads((tmp_path / "export" / "lit_instruct.json").read_text())
     assert second["episodes"] == 24  # the episode count, and with it the KL controller's state, carried on
     assert second["kl_coef_final"] != first["kl_coef_final"]
+
+
+def test_validate_subcommand_under_zero3(zero_runs):
+    """`lit-instruct validate` builds DeepSpeed's inference engine on CPU processes (CPUDeepSpeedStrategy's override)."""
+    done = run_cli("validate", "--config", str(CONFIGS / "sft" / "tiny.yaml"), "--config", str(CONFIGS / "trainer" / "cpu_zero3.yaml"),
+                   "--model.model_name_or_path", str(zero_runs[3] / "export"), "--trainer.logger", "false",
+                   "--trainer.limit_val_batches", "2", "--model.num_sample_prompts", "0", timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "val/loss" in done.stdout
