@@ -15,6 +15,7 @@ from typing import Literal, Optional
 import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, IterableDataset
@@ -360,9 +361,13 @@ class PPOPtxModule(Stage):
         return []  # batches are prompts, not token tensors: throughput is logged per iteration (episodes/s)
 
     # ------------------------------------------------------------------ optimisation set-up
+    @property
+    def _deepspeed(self) -> bool:
+        return isinstance(self.trainer.strategy, DeepSpeedStrategy)
+
     def setup(self, stage: str) -> None:
         strategy = self.trainer.strategy
-        if getattr(strategy, "config", None) is not None:  # DeepSpeed
+        if self._deepspeed:
             # Lightning refuses gradient_clip_val with manual optimisation; DeepSpeed clips from its own config.
             if self.hparams.max_grad_norm:
                 strategy.config.setdefault("gradient_clipping", self.hparams.max_grad_norm)
@@ -495,7 +500,7 @@ class PPOPtxModule(Stage):
                     loss = loss + h.ptx_coef * ptx
                 optimizer.zero_grad()
                 self.manual_backward(loss)
-                if h.max_grad_norm and not hasattr(self.trainer.strategy, "config"):
+                if h.max_grad_norm and not self._deepspeed:  # DeepSpeed clips from its config (see setup)
                     self.clip_gradients(optimizer, gradient_clip_val=h.max_grad_norm, gradient_clip_algorithm="norm")
                 optimizer.step()
                 if self.ema is not None:
