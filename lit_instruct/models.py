@@ -169,6 +169,26 @@ def context_length(config) -> int:
     raise ValueError(f"cannot read the context length of model type {config.model_type!r}")
 
 
+def embedded_config(tokenizer: PreTrainedTokenizerBase, tiny: TinyConfig | None = None, residual_dropout: float | None = None) -> GPT2Config:
+    """The GPT-2 config of the embedded tiny model (no dropout unless ``residual_dropout`` is given)."""
+    tiny = tiny or TinyConfig()
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=tiny.n_positions,
+        n_embd=tiny.n_embd,
+        n_layer=tiny.n_layer,
+        n_head=tiny.n_head,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    set_dropout(config, residual_dropout)
+    return config
+
+
 def load_causal_lm(
     name_or_path: str,
     tokenizer: PreTrainedTokenizerBase,
@@ -180,22 +200,7 @@ def load_causal_lm(
 ) -> PreTrainedModel:
     """Build the causal LM backbone: the embedded tiny model from its config, or ``from_pretrained``."""
     if name_or_path == EMBEDDED:
-        tiny = tiny or TinyConfig()
-        config = GPT2Config(
-            vocab_size=len(tokenizer),
-            n_positions=tiny.n_positions,
-            n_embd=tiny.n_embd,
-            n_layer=tiny.n_layer,
-            n_head=tiny.n_head,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-        )
-        set_dropout(config, residual_dropout)
-        model = GPT2LMHeadModel(config)
+        model = GPT2LMHeadModel(embedded_config(tokenizer, tiny, residual_dropout))
     else:
         config = AutoConfig.from_pretrained(check_source(name_or_path))
         set_dropout(config, residual_dropout)

@@ -23,12 +23,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import BinaryAccuracy
-from transformers import AutoModel, GPT2Config, GPT2Model
+from transformers import AutoModel, GPT2Model
 
 from lit_instruct import bundled
 from lit_instruct.batching import pad
 from lit_instruct.export import read_metadata
-from lit_instruct.models import EMBEDDED, TinyConfig, check_source, context_length, load_tokenizer, set_dropout
+from lit_instruct.models import EMBEDDED, TinyConfig, check_source, context_length, embedded_config, load_tokenizer, set_dropout
 from lit_instruct.objectives import ranking_loss
 from lit_instruct.prompts import DEFAULT_TEMPLATE, format_prompt, format_response
 from lit_instruct.records import DataError, Problem, check_text_fields, raise_problems, read_rows, split
@@ -86,14 +86,7 @@ class RewardModel(nn.Module):
     ) -> "RewardModel":
         """A new reward model from a causal LM (``"embedded"``, hub name or directory): its unembedding is dropped."""
         if name_or_path == EMBEDDED:
-            tiny = tiny or TinyConfig()
-            config = GPT2Config(
-                vocab_size=len(tokenizer), n_positions=tiny.n_positions, n_embd=tiny.n_embd, n_layer=tiny.n_layer,
-                n_head=tiny.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-            )
-            set_dropout(config, residual_dropout)
-            backbone = GPT2Model(config)
+            backbone = GPT2Model(embedded_config(tokenizer, tiny, residual_dropout))
         else:
             from transformers import AutoConfig
 
