@@ -216,9 +216,10 @@ class Pipeline:
         import matplotlib.pyplot as plt
 
         names = []
+        logs = {stage: self.curves(stage) for stage in ("ppo", "ppo_ptx")}
         fig, ax = plt.subplots(figsize=(5, 4))
         for stage, label in (("ppo", "PPO"), ("ppo_ptx", "PPO-ptx")):
-            rows = [r for r in self.curves(stage) if r.get("objective/kl") and r.get("objective/score")]
+            rows = [r for r in logs[stage] if r.get("objective/kl") and r.get("objective/score")]
             ax.plot([float(r["objective/kl"]) for r in rows], [float(r["objective/score"]) for r in rows], ".-", label=label, alpha=0.7)
         ax.plot([0.0], [results["sft"]["score"]], "k*", markersize=12, label="SFT (held-out)")
         ax.set_xlabel("KL to SFT (nats per response)")
@@ -231,9 +232,8 @@ class Pipeline:
         plt.close(fig)
         fig, ax = plt.subplots(figsize=(5, 4))
         for stage, label in (("ppo", "PPO"), ("ppo_ptx", "PPO-ptx")):
-            rows = [r for r in self.curves(stage) if r.get("val/pretrain_loss")]
-            episodes = [r for r in self.curves(stage) if r.get("episodes")]
-            steps = {r["step"]: float(r["episodes"]) for r in episodes}
+            rows = [r for r in logs[stage] if r.get("val/pretrain_loss")]
+            steps = {r["step"]: float(r["episodes"]) for r in logs[stage] if r.get("episodes")}
             ax.plot([steps.get(r["step"], float(r["step"])) for r in rows], [float(r["val/pretrain_loss"]) for r in rows], "o-", label=label)
         ax.axhline(results["sft"]["pretrain_loss"], color="k", linestyle="--", label="SFT")
         ax.set_xlabel("episodes")
