@@ -19,6 +19,8 @@ from lit_instruct.loggers import configure_wandb_env
 TOOLS = {
     "export": "convert a checkpoint (file or DeepSpeed ZeRO folder) into a Hugging Face export",
     "pipeline": "base -> SFT -> reward model -> PPO-ptx and a plain-PPO control, with a report",
+    "sweep": "run a W&B sweep file offline with W&B's own sweep engine",
+    "study": "the alignment-tax plots and table from a sweep's runs",
 }
 
 
@@ -60,6 +62,15 @@ def main(argv: list[str] | None = None) -> None:
 
         configure_wandb_env()
         return pipeline_main(args[1:])
+    if args and args[0] == "sweep":
+        from lit_instruct.sweep import main as sweep_main
+
+        configure_wandb_env()
+        return sweep_main(args[1:])
+    if args and args[0] == "study":
+        from lit_instruct.study import main as study_main
+
+        return study_main(args[1:])
     configure_wandb_env()
     LitInstructCLI(args=argv)
 

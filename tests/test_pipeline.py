@@ -11,10 +11,16 @@ from conftest import run_cli
 from lit_instruct.pipeline import STAGES, Pipeline, PipelineConfig
 
 
-def test_pipeline_smoke_end_to_end_then_reuse(tmp_path):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline") / "run"
     done = run_cli("pipeline", "--smoke", "--out", str(out), timeout=900)
     assert done.returncode == 0, done.stderr[-4000:] + done.stdout[-2000:]
+    return out
+
+
+def test_pipeline_smoke_end_to_end_then_reuse(smoke_run):
+    out = smoke_run
     report = json.loads((out / "report.json").read_text())
     for name in ("sft", "ppo", "ppo_ptx"):
         assert set(report[name]) >= {"score", "kl", "pretrain_loss"}
@@ -25,6 +31,42 @@ def test_pipeline_smoke_end_to_end_then_reuse(tmp_path):
     again = run_cli("pipeline", "--smoke", "--out", str(out), timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert all(f"{stage}: reusing" in again.stdout for stage in STAGES)
+
+
+def test_sweep_runs_a_grid_offline_resumes_and_the_study_plots_it(smoke_run, tmp_path):
+    """A 2-run ptx_coef grid on the smoke pipeline's exports through `lit-instruct sweep` (W&B offline), a rerun
+    that finds the grid done, then `lit-instruct study`."""
+    sweep_file = tmp_path / "grid.yaml"
+    command = ["${env}", "lit-instruct", "fit", "--config", "configs/ppo_ptx/tiny.yaml",
+               f"--model.policy_name_or_path={smoke_run / 'sft' / 'export'}",
+               f"--model.reward_model_path={smoke_run / 'reward' / 'export'}",
+               "--model.total_episodes=16", "--trainer.val_check_interval=1",
+               "--data.max_val_prompts=4", "--data.max_val_pretrain_blocks=4", "${args}"]
+    sweep_file.write_text(yaml.safe_dump({"name": "smoke-grid", "method": "grid",
+                                          "metric": {"name": "val/score", "goal": "maximize"},
+                                          "parameters": {"model.ptx_coef": {"values": [0.0, 2.0]}}, "command": command}))
+    out = tmp_path / "sweep"
+    done = run_cli("sweep", str(sweep_file), "--out", str(out), timeout=900, env={"WANDB_MODE": "offline"})
+    assert done.returncode == 0, done.stderr[-4000:] + done.stdout[-2000:]
+    record = json.loads((out / "sweep.json").read_text())
+    assert [r["params"] for r in record["runs"]] == [{"model.ptx_coef": 0.0}, {"model.ptx_coef": 2.0}]
+    for run in record["runs"]:
+        folder = Path(run["folder"])
+        assert run["state"] == "finished" and "val/score" in run["summary"]
+        meta = json.loads((folder / "export" / "lit_instruct.json").read_text())
+        assert meta["hparams"]["ptx_coef"] == run["params"]["model.ptx_coef"]  # the swept value reached the run
+        assert list((folder / "wandb").glob("offline-run-*")), "each run logs to W&B offline"
+    again = run_cli("sweep", str(sweep_file), "--out", str(out), "--no-check", timeout=300)
+    assert again.returncode == 0 and "run 3" not in again.stdout and "2 runs recorded" in again.stdout
+
+    study = run_cli("study", str(out), timeout=600)
+    assert study.returncode == 0, study.stderr[-3000:]
+    table = (out / "study.md").read_text()
+    assert "| (SFT) |" in table and "| 0.02 | 0 |" in table and "| 0.02 | 2 |" in table
+    assert (out / "study.png").stat().st_size > 10_000
+    result = json.loads((out / "study.json").read_text())
+    assert result["sft"]["kl"] == 0.0  # the SFT policy measured against itself
+    assert {r["ptx_coef"] for r in result["runs"]} == {0.0, 2.0}
 
 
 @pytest.fixture

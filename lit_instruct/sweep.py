@@ -1,0 +1,291 @@
+"""``lit-instruct sweep FILE``: run a W&B sweep file on this machine, offline, with W&B's own sweep engine.
+
+The same file works online (``wandb sweep FILE`` then ``wandb agent ID``). Offline, the ``sweeps`` package (the
+engine behind W&B's server) validates the file and proposes the grid / random / bayes runs; each run is the file's
+``command`` with ``${args}`` expanded exactly as ``wandb agent`` expands it (``--model.kl_coef=0.02``), plus an
+overlay (``--config <run>/sweep_overlay.yaml``, inserted before ``${args}``) that gives the run its own folder,
+export, checkpoints, CSV log and an offline W&B run grouped under the sweep's name.
+
+``<out>/sweep.json`` records every run (parameters, command, exit status, wall time, final metrics); running the
+same file with the same ``--out`` again skips the finished runs and carries on. ``lit-instruct study <out>`` draws
+the ablation plots from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ARGS_MACRO = "${args}"
+
+
+class SweepFileError(ValueError):
+    """A sweep file that cannot run; the message names the file, the line and what is wrong."""
+
+
+def _require_sweeps():
+    try:
+        with warnings.catch_warnings():  # sweeps 0.3 declares a pydantic-v1 config key that pydantic 2 warns about
+            warnings.simplefilter("ignore", UserWarning)
+            import sweeps
+    except ImportError as error:  # pragma: no cover - the package is a dependency of the [sweep] extra
+        raise SystemExit("lit-instruct sweep needs W&B's sweep engine: pip install 'lit-instruct[sweep]'") from error
+    return sweeps
+
+
+def _node_line(root: yaml.Node | None, path: list) -> int | None:
+    """1-based line of the YAML node at ``path`` (keys and list indices), or of its deepest existing parent."""
+    node, line = root, (root.start_mark.line + 1 if root is not None else None)
+    for key in path:
+        if isinstance(node, yaml.MappingNode):
+            match = [(k, v) for k, v in node.value if k.value == str(key)]
+            if not match:
+                break
+            key_node, node = match[0]
+            line = key_node.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def load_sweep(path: str | Path) -> dict:
+    """Read and validate a sweep file; raise :class:`SweepFileError` naming ``FILE:LINE`` for each problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise SweepFileError(f"{path}: no such sweep file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        root = yaml.compose(text)
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        hint = ""
+        if "${" in text and "[" in text:
+            hint = " (write `command:` as a block list, one `- item` per line: `${env}` inside a flow list `[...]` is not valid YAML)"
+        raise SweepFileError(f"{where}: not valid YAML: {getattr(error, 'problem', error)}{hint}") from None
+    if not isinstance(config, dict):
+        raise SweepFileError(f"{path}:1: a sweep file is a mapping (method, metric, parameters, command), got {type(config).__name__}")
+
+    sweeps = _require_sweeps()
+    from sweeps.config.cfg import validator
+
+    problems = []
+    for error in validator.iter_errors(config):
+        keys = list(error.absolute_path)
+        message = error.message
+        if "is not valid under any of the given schemas" in message and len(keys) == 2 and keys[0] == "parameters":
+            message = (f"parameter {keys[1]!r} has no valid form: {error.instance!r}; use `value: V`, `values: [..]`, "
+                       "or `distribution:` with `min`/`max` (W&B sweep parameter syntax)")
+        problems.append(f"{path}:{_node_line(root, keys)}: {'.'.join(map(str, keys)) or 'sweep'}: {message}")
+    if not problems:  # the engine's own checks beyond the schema (they carry no location)
+        for message in sweeps.schema_violations_from_proposed_config(config):
+            problems.append(f"{path}: {message}")
+    command = config.get("command")
+    if command is None:
+        problems.append(f"{path}:1: command: missing; lit-instruct sweep runs the file's command, for example\n"
+                        "  command:\n    - ${env}\n    - lit-instruct\n    - fit\n    - --config\n    - configs/ppo_ptx/tiny.yaml\n    - ${args}")
+    elif not isinstance(command, list) or not all(isinstance(c, (str, int, float)) for c in command):
+        problems.append(f"{path}:{_node_line(root, ['command'])}: command: must be a list of strings")
+    elif ARGS_MACRO not in command:
+        problems.append(f"{path}:{_node_line(root, ['command'])}: command: needs the item `{ARGS_MACRO}` "
+                        "(each run's parameters as --key=value flags, which LightningCLI reads)")
+    if not problems and config.get("method") == "grid":
+        try:
+            sweeps.next_run(config, [])
+        except ValueError as error:
+            problems.append(f"{path}:{_node_line(root, ['method'])}: method: {error}")
+    if problems:
+        raise SweepFileError("invalid sweep file:\n  " + "\n  ".join(problems))
+    return config
+
+
+def expand_command(command: list, params: dict[str, Any], overlay: Path | None = None) -> list[str]:
+    """The run's argv: ``${args}`` as ``wandb agent`` expands it (W&B's own helper), ``${envvar:NAME}`` macros,
+    ``lit-instruct`` as this interpreter's module, and the overlay config just before the parameters."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
+
+    sweep_vars = create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
+    sweep_vars.update(env=[], interpreter=[sys.executable], program=[])
+    argv: list[str] = []
+    for item in create_sweep_command([str(c) for c in command]):
+        if item == ARGS_MACRO and overlay is not None:
+            argv += ["--config", str(overlay)]
+        if item.startswith("${") and item.endswith("}"):
+            argv += sweep_vars.get(item[2:-1]) or []
+        elif item == "lit-instruct" and not argv:
+            argv += [sys.executable, "-m", "lit_instruct"]
+        else:
+            argv.append(item)
+    return argv
+
+
+def run_name(index: int, params: dict[str, Any]) -> str:
+    parts = [f"{key.split('.')[-1]}={value:.3g}" if isinstance(value, float) else f"{key.split('.')[-1]}={value}"
+             for key, value in params.items()]
+    return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", f"{index:02d}-" + ",".join(parts))[:120]
+
+
+def overlay_for(run_dir: Path, name: str, sweep_name: str, project: str) -> dict:
+    """Per-run outputs: folder, export, checkpoints, CSV log, and an offline W&B run grouped by sweep."""
+    return {
+        "trainer": {
+            "default_root_dir": str(run_dir),
+            "logger": [
+                {"class_path": "lightning.pytorch.loggers.WandbLogger",
+                 "init_args": {"project": project, "name": name, "group": sweep_name, "job_type": "sweep",
+                               "save_dir": str(run_dir), "tags": ["sweep", sweep_name]}},
+                {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run_dir), "name": "csv"}},
+            ],
+            "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                           "init_args": {"dirpath": str(run_dir / "checkpoints"), "save_last": True}}],
+        },
+        "model": {"init_args": {"export_dir": str(run_dir / "export")}},
+    }
+
+
+def final_metrics(run_dir: Path) -> dict[str, float]:
+    meta = run_dir / "export" / "lit_instruct.json"
+    if not meta.is_file():
+        return {}
+    return {k: v for k, v in json.loads(meta.read_text()).get("metrics", {}).items() if isinstance(v, (int, float))}
+
+
+class Sweep:
+    def __init__(self, file: str | Path, out: Path, count: int | None = None, dry_run: bool = False,
+                 check: bool = True) -> None:
+        self.file, self.out, self.count, self.dry_run, self.check = Path(file), out, count, dry_run, check
+        self.config = load_sweep(self.file)
+        self.name = self.config.get("name") or self.file.stem
+        self.project = self.config.get("project") or "lit-instruct"
+        self.record_path = out / "sweep.json"
+        self.runs: list[dict] = []
+        if self.record_path.is_file():
+            record = json.loads(self.record_path.read_text())
+            if record.get("config", {}).get("command") != self.config["command"]:
+                raise SystemExit(f"{out} holds runs of a sweep with another command ({record.get('file')}); "
+                                 "use another --out, or delete that folder")
+            self.runs = [r for r in record["runs"] if r["state"] == "finished"]
+
+    def save(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.record_path.write_text(json.dumps({"file": str(self.file), "name": self.name, "config": self.config,
+                                                "runs": self.runs}, indent=2) + "\n")
+
+    def proposals(self, limit: int | None) -> list[dict[str, Any]]:
+        """Parameters of the next runs the engine proposes, given the finished ones (all of a grid by default)."""
+        import sweeps
+
+        known = [sweeps.SweepRun(name=r["name"], state=sweeps.RunState.finished,
+                                 config={k: {"value": v} for k, v in r["params"].items()},
+                                 summary_metrics=r.get("summary", {})) for r in self.runs]
+        proposed = []
+        while limit is None or len(proposed) < limit:
+            run = sweeps.next_run(self.config, known)
+            if run is None:
+                break
+            proposed.append({k: v["value"] for k, v in run.config.items()})
+            known.append(sweeps.SweepRun(name=f"proposed-{len(proposed)}", state=sweeps.RunState.running, config=run.config))
+            if self.config.get("method") != "grid":  # random / bayes: one at a time, bayes learns from the results
+                break
+        return proposed
+
+    def preflight(self, params: dict[str, Any]) -> None:
+        """Parse the first run's full command line with ``--print_config`` (no training): unknown keys, wrong types
+        and missing config files fail here, before any run starts."""
+        argv = expand_command(self.config["command"], params)
+        if argv[1:3] != ["-m", "lit_instruct"]:
+            return
+        done = subprocess.run([*argv, "--print_config"], capture_output=True, text=True)
+        if done.returncode != 0:
+            error = "\n".join(line for line in done.stderr.strip().splitlines()[-8:])
+            named = [key for key in params if re.search(rf"\b{re.escape(key.split('.')[-1])}\b", error)]
+            where = ["parameters", named[0]] if named else ["parameters"]
+            raise SweepFileError(f"{self.file}:{_node_line(yaml.compose(self.file.read_text()), where)}: "
+                                 f"the command rejects the sweep's arguments {params}:\n{error}")
+
+    def run(self) -> list[dict]:
+        budget = self.count if self.count is not None else self.config.get("run_cap")
+        method = self.config.get("method")
+        if method != "grid" and budget is None:
+            raise SystemExit(f"{self.file}: a {method} sweep never ends by itself; give --count N (or run_cap in the file)")
+        started = 0
+        while budget is None or started < budget:
+            batch = self.proposals(None if budget is None else budget - started)
+            if not batch:
+                break
+            for params in batch:
+                if self.check and started == 0:
+                    self.preflight(params)
+                index = len(self.runs) + 1
+                name = run_name(index, params)
+                run_dir = self.out / name
+                overlay = run_dir / "sweep_overlay.yaml"
+                argv = expand_command(self.config["command"], params, overlay)
+                print(f"[sweep {self.name}] run {index}: {params}", flush=True)
+                started += 1
+                if self.dry_run:
+                    print("  " + " ".join(argv), flush=True)
+                    self.runs.append({"name": name, "params": params, "state": "proposed", "command": argv})
+                    continue
+                run_dir.mkdir(parents=True, exist_ok=True)
+                overlay.write_text(yaml.safe_dump(overlay_for(run_dir, name, self.name, self.project), sort_keys=False))
+                record = {"name": name, "params": params, "command": argv, "folder": str(run_dir)}
+                record.update(self.execute(argv, run_dir))
+                if record["state"] != "finished":
+                    self.save()
+                    raise SystemExit(f"[sweep {self.name}] run {name} failed (exit {record['exit_code']}); "
+                                     f"its log: {run_dir / 'log.txt'}\n{record['log_tail']}")
+                self.runs.append(record)
+                self.save()
+                shown = {k: round(v, 4) for k, v in record["summary"].items() if k.startswith("val/")}
+                print(f"[sweep {self.name}] run {index} done in {record['seconds']:.0f} s: {shown}", flush=True)
+        if not self.dry_run:
+            print(f"[sweep {self.name}] {len(self.runs)} runs recorded in {self.record_path}", flush=True)
+        return self.runs
+
+    @staticmethod
+    def execute(argv: list[str], run_dir: Path) -> dict:
+        env = dict(os.environ)
+        env.setdefault("WANDB_MODE", "offline" if "WANDB_API_KEY" not in env else "online")
+        start = time.perf_counter()
+        with (run_dir / "log.txt").open("w", encoding="utf-8") as log:
+            process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, bufsize=1)
+            for line in process.stdout:
+                log.write(line)
+                sys.stdout.write(line)
+            code = process.wait()
+        seconds = time.perf_counter() - start
+        if code != 0:
+            tail = "".join((run_dir / "log.txt").read_text(encoding="utf-8").splitlines(keepends=True)[-15:])
+            return {"state": "failed", "exit_code": code, "seconds": seconds, "log_tail": tail}
+        return {"state": "finished", "exit_code": 0, "seconds": seconds, "summary": final_metrics(run_dir)}
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="lit-instruct sweep", description=__doc__.split("\n\n")[0])
+    parser.add_argument("file", help="a W&B sweep YAML (sweeps/*.yaml)")
+    parser.add_argument("--out", help="sweep folder (default: runs/sweeps/<file name>)")
+    parser.add_argument("--count", type=int, help="at most this many new runs (needed for random and bayes)")
+    parser.add_argument("--dry-run", action="store_true", help="validate and print the proposed runs' commands")
+    parser.add_argument("--no-check", dest="check", action="store_false",
+                        help="skip parsing the first run's command line before starting")
+    args = parser.parse_args(argv)
+    out = Path(args.out) if args.out else Path("runs/sweeps") / Path(args.file).stem
+    try:
+        Sweep(args.file, out, count=args.count, dry_run=args.dry_run, check=args.check).run()
+    except SweepFileError as error:
+        raise SystemExit(f"lit-instruct sweep: {error}") from None

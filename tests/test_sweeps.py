@@ -1,0 +1,88 @@
+"""Sweep files: every file in sweeps/ validates with W&B's engine and its command accepts the swept keys; broken
+files get a message naming the file, the line and the problem before anything trains."""
+
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_cli
+from lit_instruct.sweep import Sweep, SweepFileError, expand_command, load_sweep
+
+SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
+
+
+def test_there_are_sweep_files_for_the_study_and_learning_rates():
+    names = [f.name for f in SWEEP_FILES]
+    assert "alignment_tax_tiny.yaml" in names and "sft_lr_tiny.yaml" in names
+    grid = load_sweep(ROOT / "sweeps" / "alignment_tax_tiny.yaml")
+    assert {"model.kl_coef", "model.ptx_coef"} <= set(grid["parameters"])
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
+def test_every_sweep_file_validates_and_its_command_accepts_the_parameters(path, tmp_path):
+    config = load_sweep(path)
+    sweep = Sweep(path, tmp_path / "out")
+    params = sweep.proposals(1)[0]
+    assert set(params) == set(config["parameters"])
+    argv = expand_command(config["command"], params)
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "--config":
+            assert (ROOT / value).is_file(), f"{path.name} names {value}, which does not exist"
+    assert all(f"--{key}={value}" in argv for key, value in params.items())
+    sweep.preflight(params)  # the real command line parsed with --print_config: unknown keys or bad types fail
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+GOOD_COMMAND = """
+command:
+  - ${env}
+  - lit-instruct
+  - fit
+  - --config
+  - configs/ppo_ptx/tiny.yaml
+  - ${args}
+"""
+
+
+@pytest.mark.parametrize("text, line, words", [
+    ("method: grid\nparameters:\n  model.kl_coef:\n    values: [0.01]\ncommand: [${env}, lit-instruct, fit, ${args}]\n",
+     5, "block list"),
+    ("method: grdi\nparameters:\n  model.kl_coef:\n    values: [0.01]\n" + GOOD_COMMAND, 1, "'grdi' is not one of"),
+    ("method: grid\nparameters:\n  model.kl_coef:\n    values: [0.01]\n  model.ptx_coef:\n    valuess: [1, 2]\n" + GOOD_COMMAND,
+     5, "parameter 'model.ptx_coef' has no valid form"),
+    ("method: grid\nparameters:\n  model.kl_coef:\n    distribution: uniform\n    min: 0.0\n    max: 1.0\n" + GOOD_COMMAND,
+     1, "Grid search requires"),
+    ("method: grid\nparameters:\n  model.kl_coef:\n    values: [0.01]\ncommand:\n  - lit-instruct\n  - fit\n", 5, "${args}"),
+], ids=["flow-list-command", "unknown-method", "bad-parameter-form", "grid-of-a-distribution", "no-args-macro"])
+def test_a_broken_sweep_file_gets_file_line_and_reason(tmp_path, text, line, words):
+    path = write(tmp_path, text)
+    with pytest.raises(SweepFileError) as error:
+        load_sweep(path)
+    message = str(error.value)
+    assert f"{path}:{line}:" in message and words in message, message
+
+
+def test_an_unknown_parameter_is_refused_before_any_run(tmp_path):
+    path = write(tmp_path, "method: grid\nparameters:\n  model.kl_coeff:\n    values: [0.01, 0.1]\n" + GOOD_COMMAND)
+    done = run_cli("sweep", str(path), "--out", str(tmp_path / "out"), timeout=300)
+    assert done.returncode != 0
+    assert re.search(rf"{re.escape(str(path))}:3: the command rejects the sweep's arguments", done.stderr), done.stderr[-2000:]
+    assert "kl_coeff" in done.stderr
+    assert not (tmp_path / "out" / "sweep.json").exists()
+
+
+def test_random_and_bayes_sweeps_need_a_run_budget(tmp_path):
+    path = write(tmp_path, "method: random\nparameters:\n  model.kl_coef:\n    distribution: log_uniform_values\n"
+                           "    min: 0.001\n    max: 0.1\n" + GOOD_COMMAND)
+    with pytest.raises(SystemExit, match="--count"):
+        Sweep(path, tmp_path / "out", check=False).run()
+    proposed = Sweep(path, tmp_path / "out", count=3, dry_run=True, check=False).run()
+    values = [run["params"]["model.kl_coef"] for run in proposed]
+    assert len(values) == 3 and all(0.001 <= v <= 0.1 for v in values) and len(set(values)) == 3
