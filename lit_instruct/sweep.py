@@ -246,6 +246,7 @@ class Sweep:
                 record = {"name": name, "params": params, "command": argv, "folder": str(run_dir)}
                 record.update(self.execute(argv, run_dir))
                 if record["state"] != "finished":
+                    self.runs.append(record)  # recorded, and retried when the sweep is run again
                     self.save()
                     raise SystemExit(f"[sweep {self.name}] run {name} failed (exit {record['exit_code']}); "
                                      f"its log: {run_dir / 'log.txt'}\n{record['log_tail']}")

@@ -21,3 +21,29 @@ def test_reward_grouped_vs_pairs_smoke():
     assert by["k9strict"]["row_ratio"] == 8.0  # 2*C(9,2) = 72 rows vs 9
     assert by["k9"]["rows_grouped"] == 18 and by["k9"]["rows_expanded"] <= 2 * 36 * 2
     assert all(r["grouped_comparisons_per_s"] > 0 and r["expanded_comparisons_per_s"] > 0 for r in out["results"])
+
+
+def test_sft_vs_trl_smoke():
+    out = run_script("sft_vs_trl.py", "--tiny")
+    lit, trl = out["lit"], out["trl"]
+    assert out["tokens_per_step_match"]  # both sides trained on the same non-padding and label tokens, step by step
+    assert lit["tokens_per_step"] == trl["tokens_per_step"] and len(lit["tokens_per_step"]) == out["settings"]["steps"]
+    assert lit["label_tokens_per_step"] == trl["label_tokens_per_step"]
+    assert abs(lit["mean_loss"] - trl["mean_loss"]) < 1e-3  # same weights, data, optimizer: the same training
+    assert lit["tokens_per_s"] > 0 and trl["tokens_per_s"] > 0 and lit["peak_rss_mib"] > 0 and trl["peak_rss_mib"] > 0
+    assert out["tokens_per_s_ratio"] > 0
+
+
+def test_reward_vs_trl_smoke():
+    out = run_script("reward_vs_trl.py", "--tiny")  # k4 and k9strict, 1 round, 2 prompts/step, 1 + 1 steps, 32 tokens
+    by = {r["setting"]: r for r in out["results"]}
+    assert set(by) == {"k4", "k9strict"} and out["accuracy"] is None
+    strict = by["k9strict"]
+    assert strict["comparisons_per_step"] == 72 and strict["lit_rows_per_step"] == 18  # 2 prompts: 2 * C(9,2) pairs, 2 * 9 rows
+    assert strict["trl_batch_size"] == 72 and strict["trl_rows_per_step"] == 144  # TRL: chosen + rejected rows per pair
+    for r in out["results"]:
+        assert sorted(run["side"] for run in r["runs"]) == ["lit", "trl"]
+        assert r["tokens_match"] and r["trl_pairs_dropped"] == 0  # same token ids on both sides, nothing filtered
+        assert r["init_max_abs_diff"] < 1e-5  # same initial weights
+        assert r["lit_comparisons_per_s"] > 0 and r["trl_comparisons_per_s"] > 0 and r["speedup"] > 0
+    assert set(out["target"]) >= {"k9strict_speedup", "speed_met_k9strict", "accuracy_met"}
