@@ -404,15 +404,18 @@ class PPOPtxModule(Stage):
         h = self.hparams
         query, query_mask = self.collate_prompts(prompts)
         self.policy.eval()
+        start = time.perf_counter()
         rollout = generate(
             self.policy, query, query_mask, eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
             max_new_tokens=max_new_tokens, temperature=h.temperature, top_k=h.top_k, top_p=h.top_p, do_sample=do_sample,
             synced_gpus=self._synced(),
         )
+        generated = time.perf_counter()
         rollout = score_rollout(
             rollout, policy=self.policy, reference=self.ref, critic=self.critic, reward_model=self.rm,
             temperature=h.temperature, missing_eos_penalty=h.missing_eos_penalty,
         )
+        self.rollout_timing = {"generation": generated - start, "scoring": time.perf_counter() - generated}
         self.policy.train()
         return rollout
 
@@ -460,6 +463,8 @@ class PPOPtxModule(Stage):
                 "rollout/eos_fraction": rollout.ended.float().mean(),
                 "value/explained_variance": explained_variance(rollout.values, returns, mask),
                 "timing/rollout": rollout_seconds,
+                "timing/generation": self.rollout_timing["generation"],
+                "timing/scoring": self.rollout_timing["scoring"],
                 "timing/update": update_seconds,
                 "throughput/episodes_per_s": episodes / (rollout_seconds + update_seconds),
                 "episodes": float(self.episodes),
@@ -477,19 +482,20 @@ class PPOPtxModule(Stage):
         """PPO epochs over shuffled minibatches; each minibatch's loss adds ``ptx_coef`` times the pretraining LM loss."""
         h = self.hparams
         optimizer = self.optimizers()
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
         n = rollout.response.shape[0]
         count = 0
         for _ in range(h.ppo_epochs):
             for index in torch.randperm(n, device=self.device).split(h.minibatch_size):
-                mb = rollout.select(index)
+                mb, r = rollout.select(index).trimmed()  # no padding columns the minibatch does not need
+                mb_advantages, mb_returns = advantages[index, :r], returns[index, :r]
                 mask = mb.response_mask.float()
                 logits = response_logits(self.policy, mb)
                 logprobs = logprobs_from_logits(logits, mb.response, h.temperature)
                 del logits
-                policy = clipped_policy_loss(logprobs, mb.logprobs, advantages[index], mask, h.clip_range)
+                policy = clipped_policy_loss(logprobs, mb.logprobs, mb_advantages, mask, h.clip_range)
                 values = critic_values(self.critic, mb)
-                value = clipped_value_loss(values, mb.values, returns[index], mask, h.value_clip_range)
+                value = clipped_value_loss(values, mb.values, mb_returns, mask, h.value_clip_range)
                 loss = policy["loss"] + h.vf_coef * value["loss"]
                 ptx = torch.zeros((), device=self.device)
                 if h.ptx_coef > 0 and h.ptx_examples_per_episode > 0:
@@ -508,9 +514,9 @@ class PPOPtxModule(Stage):
                 for key, value_ in (("policy/loss", policy["loss"]), ("policy/approxkl", policy["approxkl"]),
                                     ("policy/clipfrac", policy["clipfrac"]), ("value/loss", value["loss"]),
                                     ("value/clipfrac", value["clipfrac"]), ("ptx/loss", ptx), ("train/loss", loss)):
-                    sums[key] = sums.get(key, 0.0) + float(value_.detach())
+                    sums[key] = sums.get(key, 0.0) + value_.detach()  # stays on the device: no sync per minibatch
                 count += 1
-        return {k: torch.tensor(v / count) for k, v in sums.items()}
+        return {k: v / count for k, v in sums.items()}
 
     # ------------------------------------------------------------------ validation: reward, KL, alignment tax
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:

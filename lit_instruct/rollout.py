@@ -1,8 +1,9 @@
 """PPO rollouts: sample responses with the policy, then score them with the frozen and trainable models.
 
-Nothing here updates weights. ``generate`` samples; ``score_rollout`` runs one batched forward pass per model
-(policy and reference log-probs, critic values, reward-model score) over the same token sequences, so the reward
-model and the critic share the policy's tokenisation (their tokenizers must match; the PPO module checks).
+Nothing here updates weights. ``generate`` samples and keeps the policy's logits; ``score_rollout`` turns those
+into the policy's log-probs and runs one batched forward pass for each frozen or value model (reference log-probs,
+critic values, reward-model score) over the same token sequences, so the reward model and the critic share the
+policy's tokenisation (their tokenizers must match; the PPO module checks).
 
 Shapes: ``b`` rollouts, ``q`` query (prompt) tokens, left-padded; ``r`` response tokens, right-padded.
 """
@@ -31,6 +32,7 @@ class Rollout:
     scores: torch.Tensor | None = None  # (b,) reward model, normalised; the penalty where the response never ended
     rm_scores: torch.Tensor | None = None  # (b,) reward model, before any penalty
     entropy: torch.Tensor | None = None  # (b, r) policy entropy at each response position
+    generation_logits: torch.Tensor | None = None  # (b, r, v) the policy's raw logits while sampling; freed once scored
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -43,6 +45,23 @@ class Rollout:
     def select(self, index: torch.Tensor) -> "Rollout":
         """The episodes at ``index`` (a minibatch)."""
         return Rollout(**{f.name: (getattr(self, f.name)[index] if getattr(self, f.name) is not None else None) for f in fields(self)})
+
+    def trimmed(self) -> tuple["Rollout", int]:
+        """The same episodes without the query columns that are padding in every row (left) and the response
+        columns past the longest response (right): a minibatch drawn from a batch carries the batch's padding.
+        Returns the rollout and the number of response columns kept (slice other (b, r) tensors to match)."""
+        keep_from = int(self.query_mask.any(dim=0).long().argmax())  # first query column with a real token
+        keep_to = int(self.response_mask.sum(dim=1).max())
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None or value.dim() < 2:
+                out[f.name] = value
+            elif f.name in ("query", "query_mask"):
+                out[f.name] = value[:, keep_from:]
+            else:
+                out[f.name] = value[:, :keep_to]
+        return Rollout(**out), keep_to
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -74,7 +93,11 @@ def generate(
     do_sample: bool = True,
     synced_gpus: bool = False,
 ) -> Rollout:
-    """Sample responses with the KV cache, stopping at EOS; the response is padded to the longest one in the batch."""
+    """Sample responses with the KV cache, stopping at EOS; the response is padded to the longest one in the batch.
+
+    The policy's raw logits at each sampled position come back too (``generation_logits``): they are what a
+    forward pass over the rollout would compute (same weights, eval mode), so scoring reuses them instead of
+    running the policy again."""
     out = policy.generate(
         input_ids=query,
         attention_mask=query_mask,
@@ -87,19 +110,28 @@ def generate(
         pad_token_id=pad_token_id,
         use_cache=True,
         synced_gpus=synced_gpus,
+        return_dict_in_generate=True,
+        output_logits=True,
     )
-    response = out[:, query.shape[1]:]
+    response = out.sequences[:, query.shape[1]:]
     mask, ended = response_mask(response, eos_token_id)
     response = response.masked_fill(mask == 0, pad_token_id)
-    return Rollout(query=query, query_mask=query_mask, response=response, response_mask=mask, ended=ended)
+    logits = torch.stack(out.logits, dim=1) if out.logits else None
+    return Rollout(query=query, query_mask=query_mask, response=response, response_mask=mask, ended=ended, generation_logits=logits)
 
 
 def response_logits(model, rollout: Rollout) -> torch.Tensor:
-    """Logits that predict each response token: (b, r, v)."""
+    """Logits that predict each response token: (b, r, v). Only the last r + 1 positions go through the LM head
+    (``logits_to_keep``): the unembedding of the query positions is never needed, and at small model sizes it is
+    most of the forward pass."""
     mask = rollout.attention_mask
-    logits = model(input_ids=rollout.input_ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False).logits
-    q = rollout.query.shape[1]
-    return logits[:, q - 1 : -1]
+    r = rollout.response.shape[1]
+    inputs = dict(input_ids=rollout.input_ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False)
+    try:
+        logits = model(**inputs, logits_to_keep=r + 1).logits
+    except TypeError:  # a model class without logits_to_keep (custom code): the full sequence, then the slice
+        logits = model(**inputs).logits
+    return logits[:, -(r + 1) : -1]
 
 
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -117,10 +149,15 @@ def critic_values(critic, rollout: Rollout) -> torch.Tensor:
 
 @torch.no_grad()
 def score_rollout(rollout: Rollout, *, policy, reference, critic, reward_model, temperature: float, missing_eos_penalty: float | None) -> Rollout:
-    """Fill in the policy and reference log-probs, the critic's values and the reward model's scores."""
-    logits = response_logits(policy, rollout)
+    """Fill in the policy and reference log-probs, the critic's values and the reward model's scores.
+
+    The policy's log-probs come from the logits kept while sampling when there are any (no second policy pass)."""
+    logits = rollout.generation_logits
+    if logits is None or logits.shape[1] != rollout.response.shape[1]:
+        logits = response_logits(policy, rollout)
+    rollout.generation_logits = None
     rollout.logprobs = logprobs_from_logits(logits, rollout.response, temperature)
-    rollout.entropy = entropy_from_logits(logits / temperature)
+    rollout.entropy = entropy_from_logits(logits.float() / temperature)
     del logits
     rollout.ref_logprobs = logprobs_from_logits(response_logits(reference, rollout), rollout.response, temperature)
     rollout.values = critic_values(critic, rollout)

@@ -1,0 +1,64 @@
+"""Rollout scoring shortcuts are exact: the logits kept while sampling equal a forward pass over the rollout,
+the LM head on response positions only equals slicing the full logits, and trimming a minibatch's padding leaves
+every per-token quantity unchanged."""
+
+import torch
+from transformers import GPT2LMHeadModel
+
+from lit_instruct.models import embedded_config
+from lit_instruct.objectives import masked_mean
+from lit_instruct.rollout import generate, logprobs_from_logits, position_ids, response_logits
+
+
+def tiny_policy(tokenizer):
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(embedded_config(tokenizer)).eval()
+
+
+def left_padded(tokenizer, lengths):
+    torch.manual_seed(1)
+    q = max(lengths)
+    query = torch.full((len(lengths), q), tokenizer.pad_token_id)
+    mask = torch.zeros(len(lengths), q, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        query[i, q - n:] = torch.randint(10, 1000, (n,))
+        mask[i, q - n:] = 1
+    return query, mask
+
+
+def test_generation_logits_match_a_forward_pass_and_the_head_slice_matches_full_logits(tokenizer):
+    policy = tiny_policy(tokenizer)
+    query, mask = left_padded(tokenizer, [5, 9, 3])
+    torch.manual_seed(2)
+    rollout = generate(policy, query, mask, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                       max_new_tokens=7, temperature=0.7)
+    assert rollout.generation_logits.shape == (3, rollout.response.shape[1], len(tokenizer))
+    with torch.no_grad():
+        sliced = response_logits(policy, rollout)  # logits_to_keep = r + 1
+        full = policy(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
+                      position_ids=position_ids(rollout.attention_mask)).logits[:, query.shape[1] - 1 : -1]
+    torch.testing.assert_close(sliced, full, rtol=1e-5, atol=1e-5)
+    m = rollout.response_mask.bool()
+    torch.testing.assert_close(rollout.generation_logits[m], full[m], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logprobs_from_logits(rollout.generation_logits, rollout.response, 0.7)[m],
+                               logprobs_from_logits(full, rollout.response, 0.7)[m], rtol=1e-4, atol=1e-4)
+
+
+def test_trimming_a_minibatch_changes_no_per_token_quantity(tokenizer):
+    policy = tiny_policy(tokenizer)
+    query, mask = left_padded(tokenizer, [12, 4, 3, 11])
+    torch.manual_seed(3)
+    rollout = generate(policy, query, mask, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                       max_new_tokens=6)
+    rollout.response_mask[1:3, 2:] = 0  # rows 1 and 2 ended early
+    rollout.logprobs = torch.randn(rollout.response.shape)
+    minibatch = rollout.select(torch.tensor([1, 2]))  # the short rows: 8 all-pad query columns, 4 pad response columns
+    trimmed, r = minibatch.trimmed()
+    assert trimmed.query.shape[1] == 4 and r == 2 and trimmed.response.shape[1] == 2
+    torch.testing.assert_close(trimmed.logprobs, minibatch.logprobs[:, :r])
+    with torch.no_grad():
+        before = logprobs_from_logits(response_logits(policy, minibatch), minibatch.response)
+        after = logprobs_from_logits(response_logits(policy, trimmed), trimmed.response)
+    torch.testing.assert_close(after, before[:, :r], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(masked_mean(after, trimmed.response_mask.float()),
+                               masked_mean(before, minibatch.response_mask.float()), rtol=1e-5, atol=1e-5)
