@@ -203,6 +203,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--also-lit", action="append", default=[], metavar="PATH[:LABEL]",
                         help="another lit-instruct checkout to measure in the same rounds (e.g. before a change)")
+    parser.add_argument("--no-trl", dest="trl", action="store_false", help="lit-instruct sides only (with --also-lit)")
     parser.add_argument("--tiny", action="store_true", help="smoke setting: 1 round, 2 iterations, short responses")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
@@ -219,7 +220,7 @@ def main() -> None:
         print("RESULT " + json.dumps(result))
         return
 
-    sides = [("lit", "lit", None), ("trl", "trl", None)]
+    sides = [("lit", "lit", None)] + ([("trl", "trl", None)] if args.trl else [])
     for spec in args.also_lit:
         path, _, label = spec.partition(":")
         sides.append((label or f"lit@{path}", "lit", str(Path(path).resolve())))
@@ -252,8 +253,10 @@ def main() -> None:
     for label, r in results.items():
         print(f"| {label} | {r['episodes_per_s']:.2f} | {r['iteration_s']:.3f} | {r['generation_s']:.3f} | {r['scoring_s']:.3f} "
               f"| {r['update_s']:.3f} | {r['peak_rss_mib']:.0f} | {r['rounds']} |")
-    ratio = results["lit"]["episodes_per_s"] / results["trl"]["episodes_per_s"]
-    print(f"\nlit-instruct / TRL episodes per second: {ratio:.2f}x")
+    ratio = results["lit"]["episodes_per_s"] / results["trl"]["episodes_per_s"] if "trl" in results else None
+    for label in results:
+        if label != "lit":
+            print(f"\nlit-instruct / {label} episodes per second: {results['lit']['episodes_per_s'] / results[label]['episodes_per_s']:.2f}x")
     print(json.dumps({"benchmark": "ppo_vs_trl", "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "folder")},
                       "results": results, "episodes_per_s_ratio": ratio,
                       "machine": {"platform": platform.platform(), "processor": platform.machine(), "torch": torch.__version__,

@@ -47,3 +47,13 @@ def test_reward_vs_trl_smoke():
         assert r["init_max_abs_diff"] < 1e-5  # same initial weights
         assert r["lit_comparisons_per_s"] > 0 and r["trl_comparisons_per_s"] > 0 and r["speedup"] > 0
     assert set(out["target"]) >= {"k9strict_speedup", "speed_met_k9strict", "accuracy_met"}
+
+
+def test_ppo_vs_trl_smoke():
+    out = run_script("ppo_vs_trl.py", "--tiny")  # 1 round, 1 + 2 iterations of 8 prompts x 8 new tokens per side
+    lit, trl = out["results"]["lit"], out["results"]["trl"]
+    for side in (lit, trl):
+        assert side["episodes_per_s"] > 0 and side["peak_rss_mib"] > 0
+        assert side["generation_s"] > 0 and side["scoring_s"] > 0  # the split was measured, not left at zero
+        assert abs(side["generation_s"] + side["scoring_s"] + side["update_s"] - side["iteration_s"]) < 1e-6
+    assert out["episodes_per_s_ratio"] == lit["episodes_per_s"] / trl["episodes_per_s"]
