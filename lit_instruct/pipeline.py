@@ -261,7 +261,7 @@ class Pipeline:
                  "| policy | RM score | KL | pretraining loss | response length |", "|---|---|---|---|---|"]
         for name, label in (("sft", "SFT"), ("ppo", "PPO (ptx_coef 0)"), ("ppo_ptx", "PPO-ptx")):
             r = results[name]
-            lines.append(f"| {label} | {r['score']:.3f} | {r['kl']:.2f} | {r['pretrain_loss']:.3f} | {r['response_length']:.1f} |")
+            lines.append(f"| {label} | {r['score']:.3f} | {r['kl'] + 0.0:.2f} | {r['pretrain_loss']:.3f} | {r['response_length']:.1f} |")
         acc, base = results["reward"]["accuracy"], results["reward"]["length_baseline_accuracy"]
         lines += ["", f"Reward model held-out pairwise accuracy: {acc:.3f}" + (f" (longer-wins baseline on the same pairs: {base:.3f})" if base is not None else ""), ""]
         lines += [f"![{img}]({img})" for img in images]
