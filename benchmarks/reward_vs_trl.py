@@ -151,8 +151,12 @@ def fit_trl(model, tokenizer, pairs, batch_size: int, args, out_dir: str):
                 clock.add_batch(inputs["input_ids"].shape[0] // 2, inputs["input_ids"], inputs["attention_mask"])
             return super().compute_loss(model, inputs, *a, **kw)
 
+    # --trl-micro-pairs: forward at most that many pairs at once, accumulating gradients to about the same pairs per
+    # optimizer step (one huge batch of 2 x pairs rows is slow on a CPU; micro-batches are what a TRL user would run).
+    accumulate = math.ceil(batch_size / args.trl_micro_pairs) if args.trl_micro_pairs else 1
     config = RewardConfig(
-        output_dir=out_dir, num_train_epochs=1, per_device_train_batch_size=batch_size, gradient_accumulation_steps=1,
+        output_dir=out_dir, num_train_epochs=1, per_device_train_batch_size=math.ceil(batch_size / accumulate),
+        gradient_accumulation_steps=accumulate,
         learning_rate=args.lr, optim="adamw_torch", adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8,
         weight_decay=0.0, lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": args.min_lr_ratio},
         warmup_steps=0, max_grad_norm=1.0, max_length=args.max_length, center_rewards_coefficient=None,
@@ -245,7 +249,7 @@ def text_path_check(tokenizer, pairs) -> tuple[float | None, float]:
 def run_worker(side: str, setting: str, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", side, "--setting", setting, "--model", args.model,
            "--prompts-per-step", str(args.prompts_per_step), "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--max-length", str(args.max_length), "--threads", str(args.threads), "--lr", str(args.lr),
+           "--max-length", str(args.max_length), "--trl-micro-pairs", str(args.trl_micro_pairs), "--threads", str(args.threads), "--lr", str(args.lr),
            "--min-lr-ratio", str(args.min_lr_ratio)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -275,6 +279,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "with --tiny: k4,k9strict)")
     parser.add_argument("--model", default="embedded", help="GPT-2-type causal LM to start from (embedded, hub name, dir)")
     parser.add_argument("--prompts-per-step", type=int, default=8)
+    parser.add_argument("--trl-micro-pairs", type=int, default=36,
+                        help="TRL forwards at most this many pairs at once (gradient accumulation); 0: all of a step's pairs")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--rounds", type=int, default=2, help="worker runs per side and setting")
