@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = [summarize(s, runs[s]) for s in settings]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, model {args.model}, "
           f"{args.prompts_per_step} prompts/step, {args.warmup} + {args.steps} steps, {args.rounds} rounds, max_length {args.max_length}")
-    print("\n| setting | cmp/step | lit rows/step | TRL rows/step | lit cmp/s | TRL cmp/s | lit/TRL | lit peak RSS | TRL peak RSS |")
+    print("\n| setting | cmp/step | lit rows/step | TRL rows/forward | lit cmp/s | TRL cmp/s | lit/TRL | lit peak RSS | TRL peak RSS |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['setting']} | {r['comparisons_per_step']:.1f} | {r['lit_rows_per_step']:.1f} | {r['trl_rows_per_step']:.1f} | "

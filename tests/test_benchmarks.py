@@ -40,7 +40,8 @@ def test_reward_vs_trl_smoke():
     assert set(by) == {"k4", "k9strict"} and out["accuracy"] is None
     strict = by["k9strict"]
     assert strict["comparisons_per_step"] == 72 and strict["lit_rows_per_step"] == 18  # 2 prompts: 2 * C(9,2) pairs, 2 * 9 rows
-    assert strict["trl_batch_size"] == 72 and strict["trl_rows_per_step"] == 144  # TRL: chosen + rejected rows per pair
+    # TRL: all 72 pairs per optimizer step, forwarded 36 pairs (72 chosen + rejected rows) at a time with accumulation
+    assert strict["trl_batch_size"] == 72 and strict["trl_rows_per_step"] == 72
     for r in out["results"]:
         assert sorted(run["side"] for run in r["runs"]) == ["lit", "trl"]
         assert r["tokens_match"] and r["trl_pairs_dropped"] == 0  # same token ids on both sides, nothing filtered

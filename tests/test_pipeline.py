@@ -25,7 +25,9 @@ def test_pipeline_smoke_end_to_end_then_reuse(smoke_run):
     for name in ("sft", "ppo", "ppo_ptx"):
         assert set(report[name]) >= {"score", "kl", "pretrain_loss"}
         assert (out / name / "export" / "model.safetensors").is_file()
-    assert report["sft"]["kl"] == 0.0 and 0.0 <= report["reward"]["accuracy"] <= 1.0
+    # the SFT policy against itself: 0 up to float error (its log-probs come from the sampling pass with the KV
+    # cache, the reference's from one full forward pass)
+    assert abs(report["sft"]["kl"]) < 1e-4 and 0.0 <= report["reward"]["accuracy"] <= 1.0
     assert (out / "score_vs_kl.png").stat().st_size > 0 and (out / "pretrain_loss.png").stat().st_size > 0
     assert "| PPO-ptx |" in (out / "report.md").read_text()
     again = run_cli("pipeline", "--smoke", "--out", str(out), timeout=900)
@@ -65,7 +67,7 @@ def test_sweep_runs_a_grid_offline_resumes_and_the_study_plots_it(smoke_run, tmp
     assert "| (SFT) |" in table and "| 0.02 | 0 |" in table and "| 0.02 | 2 |" in table
     assert (out / "study.png").stat().st_size > 10_000
     result = json.loads((out / "study.json").read_text())
-    assert result["sft"]["kl"] == 0.0  # the SFT policy measured against itself
+    assert abs(result["sft"]["kl"]) < 1e-4  # the SFT policy measured against itself
     assert {r["ptx_coef"] for r in result["runs"]} == {0.0, 2.0}
 
 
