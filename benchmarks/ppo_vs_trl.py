@@ -249,7 +249,7 @@ def main() -> None:
         results[label] = {key: med(key) for key in ("episodes_per_s", "iteration_s", "generation_s", "scoring_s", "update_s")}
         results[label]["peak_rss_mib"] = max(r["peak_rss_mib"] for r in rounds)
         results[label]["rounds"] = [round(r["episodes_per_s"], 3) for r in rounds]
-    print(f"| side | episodes/s | s/iteration | generation | scoring | update | peak RSS MiB | rounds |\n|---|---|---|---|---|---|---|---|")
+    print("| side | episodes/s | s/iteration | generation | scoring | update | peak RSS MiB | rounds |\n|---|---|---|---|---|---|---|---|")
     for label, r in results.items():
         print(f"| {label} | {r['episodes_per_s']:.2f} | {r['iteration_s']:.3f} | {r['generation_s']:.3f} | {r['scoring_s']:.3f} "
               f"| {r['update_s']:.3f} | {r['peak_rss_mib']:.0f} | {r['rounds']} |")

@@ -177,9 +177,8 @@ def clipped_value_loss(
     }
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the categorical distribution at each position: (..., v) -> (...)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
+def entropy_from_logprobs(logp: torch.Tensor) -> torch.Tensor:
+    """Entropy of the categorical distribution at each position, from its log-probabilities: (..., v) -> (...)."""
     return -(logp.exp() * logp).sum(-1)
 
 

@@ -174,9 +174,7 @@ class Pipeline:
     # ------------------------------------------------------------------ evaluation and report
     def evaluate(self) -> dict:
         """Score the SFT, PPO and PPO-ptx policies on the same held-out prompts and pretraining text."""
-        import lightning as L
-
-        from lit_instruct.ppo_ptx import PPOPtxDataModule, PPOPtxModule
+        from lit_instruct.ppo_ptx import measure_policy
 
         ppo_config = {}
         for file in self.config.files("ppo_ptx"):
@@ -184,19 +182,10 @@ class Pipeline:
         model_args = dict(ppo_config["model"].get("init_args", {}))
         data_args = merge(dict(ppo_config["data"].get("init_args", {})), self.overlay("ppo_ptx").get("data", {}).get("init_args", {}))
         data_args["max_val_prompts"] = min(data_args.get("max_val_prompts", 64), self.config.eval_prompts) if not self.smoke else 4
-        results = {}
-        for name in POLICIES:
-            L.seed_everything(1234, verbose=False)
-            args = {k: v for k, v in model_args.items() if k not in ("optimizer", "export_dir")}
-            args.update(policy_name_or_path=str(self.export(name)), reference_name_or_path=str(self.export("sft")),
-                        reward_model_path=str(self.export("reward")), num_sample_prompts=self.config.samples)
-            module = PPOPtxModule(**args)
-            trainer = L.Trainer(accelerator="auto", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                                default_root_dir=self.out / "eval" / name)
-            metrics = trainer.validate(module, PPOPtxDataModule(**data_args), verbose=False)[0]
-            results[name] = {"score": metrics["val/score"], "kl": metrics["val/kl"], "pretrain_loss": metrics["val/pretrain_loss"],
-                             "response_length": metrics["val/response_length"],
-                             "samples": [{"prompt": p, "response": r, "score": s} for _, p, r, s in module._val_samples]}
+        results = {name: measure_policy(model_args, data_args, policy=str(self.export(name)), reference=str(self.export("sft")),
+                                        reward_model=str(self.export("reward")), samples=self.config.samples,
+                                        root=str(self.out / "eval" / name))
+                   for name in POLICIES}
         reward = json.loads((self.export("reward") / "lit_instruct.json").read_text())["metrics"]
         results["reward"] = {"accuracy": reward.get("val/accuracy"), "length_baseline_accuracy": reward.get("val/length_baseline_accuracy")}
         return results

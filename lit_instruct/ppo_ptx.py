@@ -399,8 +399,8 @@ class PPOPtxModule(Stage):
         mask = pad([[1] * len(p) for p in prompts], 0, left=True).to(self.device)
         return query, mask
 
-    def rollout(self, prompts: list[list[int]], max_new_tokens: int, do_sample: bool = True) -> Rollout:
-        """Generate responses to ``prompts`` and score them (no gradients)."""
+    def rollout(self, prompts: list[list[int]], max_new_tokens: int, do_sample: bool = True, values: bool = True) -> Rollout:
+        """Generate responses to ``prompts`` and score them (no gradients); ``values``: the critic's too."""
         h = self.hparams
         query, query_mask = self.collate_prompts(prompts)
         self.policy.eval()
@@ -412,7 +412,7 @@ class PPOPtxModule(Stage):
         )
         generated = time.perf_counter()
         rollout = score_rollout(
-            rollout, policy=self.policy, reference=self.ref, critic=self.critic, reward_model=self.rm,
+            rollout, reference=self.ref, critic=self.critic if values else None, reward_model=self.rm,
             temperature=h.temperature, missing_eos_penalty=h.missing_eos_penalty,
         )
         self.rollout_timing = {"generation": generated - start, "scoring": time.perf_counter() - generated}
@@ -484,10 +484,12 @@ class PPOPtxModule(Stage):
         optimizer = self.optimizers()
         sums: dict[str, torch.Tensor] = {}
         n = rollout.response.shape[0]
+        padding = rollout.padding()  # on the host once per iteration, for cutting each minibatch's padding
         count = 0
         for _ in range(h.ppo_epochs):
-            for index in torch.randperm(n, device=self.device).split(h.minibatch_size):
-                mb, r = rollout.select(index).trimmed()  # no padding columns the minibatch does not need
+            for rows in torch.randperm(n).split(h.minibatch_size):
+                index = rows.to(self.device)
+                mb, r = rollout.select(index).trimmed(padding[:, rows])  # no padding columns it does not need
                 mb_advantages, mb_returns = advantages[index, :r], returns[index, :r]
                 mask = mb.response_mask.float()
                 logits = response_logits(self.policy, mb)
@@ -522,7 +524,7 @@ class PPOPtxModule(Stage):
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         if dataloader_idx == 0:
             h = self.hparams
-            rollout = self.rollout(batch, h.val_max_new_tokens or h.max_new_tokens)
+            rollout = self.rollout(batch, h.val_max_new_tokens or h.max_new_tokens, values=False)
             mask = rollout.response_mask.float()
             self.val_score.update(rollout.scores)
             self.val_kl.update(((rollout.logprobs - rollout.ref_logprobs) * mask).sum(1))
@@ -572,3 +574,31 @@ class PPOPtxModule(Stage):
         return {"kl_coef_final": self.kl_controller.value, "episodes": self.episodes, "ema": h.ema_decay is not None,
                 "reward_model": h.reward_model_path, "reference": h.reference_name_or_path or h.policy_name_or_path}
 
+
+
+# ====================================================================== measuring a policy
+
+#: The held-out measurements of a policy, by the name reports use.
+HELD_OUT_METRICS = {"score": "val/score", "kl": "val/kl", "pretrain_loss": "val/pretrain_loss",
+                    "response_length": "val/response_length"}
+
+
+def measure_policy(model_args: dict, data_args: dict, *, policy: str, reference: str, reward_model: Optional[str] = None,
+                   samples: int = 0, seed: int = 1234, root: Optional[str] = None) -> dict:
+    """One policy export through PPO-ptx validation: its RM score on held-out prompts, KL to ``reference``, held-out
+    pretraining loss and response length (``HELD_OUT_METRICS``), plus up to ``samples`` sample responses.
+
+    ``model_args`` / ``data_args``: a PPO run's ``PPOPtxModule`` / ``PPOPtxDataModule`` arguments (what its config
+    gave), so every policy is measured with the same settings and on the same held-out data."""
+    args = {k: v for k, v in model_args.items() if k not in ("optimizer", "export_dir")}
+    args.update(policy_name_or_path=policy, reference_name_or_path=reference, num_sample_prompts=samples)
+    if reward_model is not None:
+        args["reward_model_path"] = reward_model
+    L.seed_everything(seed, verbose=False)
+    module = PPOPtxModule(**args)
+    trainer = L.Trainer(accelerator="auto", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=root)
+    metrics = trainer.validate(module, PPOPtxDataModule(**data_args), verbose=False)[0]
+    result = {name: float(metrics[key]) for name, key in HELD_OUT_METRICS.items()}
+    result["samples"] = [{"prompt": p, "response": r, "score": s} for _, p, r, s in module._val_samples]
+    return result

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from lit_instruct.objectives import entropy_from_logits
+from lit_instruct.objectives import entropy_from_logprobs
 
 
 @dataclass
@@ -46,12 +46,18 @@ class Rollout:
         """The episodes at ``index`` (a minibatch)."""
         return Rollout(**{f.name: (getattr(self, f.name)[index] if getattr(self, f.name) is not None else None) for f in fields(self)})
 
-    def trimmed(self) -> tuple["Rollout", int]:
+    def padding(self) -> torch.Tensor:
+        """(2, b) on the CPU: each row's left query padding and its response length (one device sync)."""
+        q = self.query_mask.shape[1]
+        return torch.stack([q - self.query_mask.sum(1), self.response_mask.sum(1)]).cpu()
+
+    def trimmed(self, padding: torch.Tensor | None = None) -> tuple["Rollout", int]:
         """The same episodes without the query columns that are padding in every row (left) and the response
         columns past the longest response (right): a minibatch drawn from a batch carries the batch's padding.
-        Returns the rollout and the number of response columns kept (slice other (b, r) tensors to match)."""
-        keep_from = int(self.query_mask.any(dim=0).long().argmax())  # first query column with a real token
-        keep_to = int(self.response_mask.sum(dim=1).max())
+        ``padding``: these rows' :meth:`padding`, if already on the host. Returns the rollout and the number of
+        response columns kept (slice other (b, r) tensors to match)."""
+        padding = self.padding() if padding is None else padding
+        keep_from, keep_to = int(padding[0].min()), int(padding[1].max())
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
@@ -116,7 +122,7 @@ def generate(
     response = out.sequences[:, query.shape[1]:]
     mask, ended = response_mask(response, eos_token_id)
     response = response.masked_fill(mask == 0, pad_token_id)
-    logits = torch.stack(out.logits, dim=1) if out.logits else None
+    logits = torch.stack(out.logits, dim=1)  # (b, r, v): one step per response position
     return Rollout(query=query, query_mask=query_mask, response=response, response_mask=mask, ended=ended, generation_logits=logits)
 
 
@@ -134,10 +140,12 @@ def response_logits(model, rollout: Rollout) -> torch.Tensor:
     return logits[:, -(r + 1) : -1]
 
 
-def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log p(token) under ``logits / temperature``: (b, r, v), (b, r) -> (b, r)."""
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0, entropy: bool = False):
+    """log p(token) under ``logits / temperature``: (b, r, v), (b, r) -> (b, r); with ``entropy``, also the
+    distribution's entropy at each position, from the same log-softmax."""
     logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    chosen = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return (chosen, entropy_from_logprobs(logp)) if entropy else chosen
 
 
 def critic_values(critic, rollout: Rollout) -> torch.Tensor:
@@ -148,19 +156,15 @@ def critic_values(critic, rollout: Rollout) -> torch.Tensor:
 
 
 @torch.no_grad()
-def score_rollout(rollout: Rollout, *, policy, reference, critic, reward_model, temperature: float, missing_eos_penalty: float | None) -> Rollout:
-    """Fill in the policy and reference log-probs, the critic's values and the reward model's scores.
-
-    The policy's log-probs come from the logits kept while sampling when there are any (no second policy pass)."""
-    logits = rollout.generation_logits
-    if logits is None or logits.shape[1] != rollout.response.shape[1]:
-        logits = response_logits(policy, rollout)
+def score_rollout(rollout: Rollout, *, reference, critic, reward_model, temperature: float, missing_eos_penalty: float | None) -> Rollout:
+    """Fill in the policy and reference log-probs, the critic's values (unless ``critic`` is ``None``: validation
+    needs none) and the reward model's scores. The policy's log-probs and entropy come from the logits kept while
+    sampling: no second policy pass."""
+    rollout.logprobs, rollout.entropy = logprobs_from_logits(rollout.generation_logits, rollout.response, temperature, entropy=True)
     rollout.generation_logits = None
-    rollout.logprobs = logprobs_from_logits(logits, rollout.response, temperature)
-    rollout.entropy = entropy_from_logits(logits.float() / temperature)
-    del logits
     rollout.ref_logprobs = logprobs_from_logits(response_logits(reference, rollout), rollout.response, temperature)
-    rollout.values = critic_values(critic, rollout)
+    if critic is not None:
+        rollout.values = critic_values(critic, rollout)
     rollout.rm_scores = reward_model(rollout.input_ids, rollout.attention_mask)
     rollout.scores = rollout.rm_scores.clone()
     if missing_eos_penalty is not None:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import yaml
 
-METRICS = {"score": "val/score", "kl": "val/kl", "pretrain_loss": "val/pretrain_loss", "response_length": "val/response_length"}
+from lit_instruct.ppo_ptx import HELD_OUT_METRICS as METRICS
+from lit_instruct.ppo_ptx import measure_policy
 
 
 def gather(folder: Path) -> list[dict]:
@@ -49,19 +50,12 @@ def sft_baseline(rows: list[dict], cache: Path) -> dict | None:
     config_file = Path(rows[0]["folder"]) / "config.yaml"
     if not config_file.is_file():
         return None
-    import lightning as L
-
-    from lit_instruct.ppo_ptx import PPOPtxDataModule, PPOPtxModule
-
     config = yaml.safe_load(config_file.read_text())
-    model_args = {k: v for k, v in config["model"]["init_args"].items() if k not in ("optimizer", "export_dir")}
+    model_args = config["model"]["init_args"]
     reference = model_args.get("reference_name_or_path") or model_args["policy_name_or_path"]
-    model_args.update(policy_name_or_path=reference, reference_name_or_path=reference, num_sample_prompts=0)
-    L.seed_everything(config.get("seed_everything") or 1234, verbose=False)
-    trainer = L.Trainer(accelerator="auto", devices=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=cache.parent)
-    metrics = trainer.validate(PPOPtxModule(**model_args), PPOPtxDataModule(**config["data"]["init_args"]), verbose=False)[0]
-    baseline = {"policy": reference, **{name: float(metrics[key]) for name, key in METRICS.items()}}
+    measured = measure_policy(model_args, config["data"]["init_args"], policy=reference, reference=reference,
+                              seed=config.get("seed_everything") or 1234, root=str(cache.parent))
+    baseline = {"policy": reference, **{name: measured[name] for name in METRICS}}
     cache.write_text(json.dumps(baseline, indent=2) + "\n")
     return baseline
 
@@ -84,18 +78,15 @@ def plot(rows: list[dict], baseline: dict | None, path: Path, title: str) -> Non
     colours = plt.get_cmap("viridis")
     for row_index, (metric, label) in enumerate((("score", "validation RM score (normalised)"),
                                                   ("pretrain_loss", "held-out pretraining loss"))):
-        ax = axes[row_index, 0]  # metric vs ptx_coef, one line per kl_coef
-        for i, kl_coef in enumerate(kl_coefs):
-            points = sorted((r["ptx_coef"], r[metric]) for r in rows if r["kl_coef"] == kl_coef)
-            ax.plot(*zip(*points), "o-", color=colours(i / max(1, len(kl_coefs) - 1)), label=f"kl_coef {kl_coef:g}")
-        _symlog_axis(ax, ptx_coefs)
-        ax.set_xlabel("ptx_coef (gamma; 0 = plain PPO)")
-        ax = axes[row_index, 1]  # metric vs kl_coef, one line per ptx_coef
-        for i, ptx_coef in enumerate(ptx_coefs):
-            points = sorted((r["kl_coef"], r[metric]) for r in rows if r["ptx_coef"] == ptx_coef)
-            ax.plot(*zip(*points), "s-", color=colours(i / max(1, len(ptx_coefs) - 1)), label=f"ptx_coef {ptx_coef:g}")
-        _symlog_axis(ax, kl_coefs)
-        ax.set_xlabel("kl_coef (beta)")
+        # metric vs one coefficient, a line per value of the other
+        for ax, x, line, marker, xlabel in ((axes[row_index, 0], "ptx_coef", "kl_coef", "o-", "ptx_coef (gamma; 0 = plain PPO)"),
+                                            (axes[row_index, 1], "kl_coef", "ptx_coef", "s-", "kl_coef (beta)")):
+            values = sorted({r[line] for r in rows})
+            for i, value in enumerate(values):
+                points = sorted((r[x], r[metric]) for r in rows if r[line] == value)
+                ax.plot(*zip(*points), marker, color=colours(i / max(1, len(values) - 1)), label=f"{line} {value:g}")
+            _symlog_axis(ax, sorted({r[x] for r in rows}))
+            ax.set_xlabel(xlabel)
         ax = axes[row_index, 2]  # metric vs measured KL, coloured by ptx_coef, marker size by kl_coef
         for i, ptx_coef in enumerate(ptx_coefs):
             sel = [r for r in rows if r["ptx_coef"] == ptx_coef]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
@@ -260,11 +259,9 @@ class Sweep:
 
     @staticmethod
     def execute(argv: list[str], run_dir: Path) -> dict:
-        env = dict(os.environ)
-        env.setdefault("WANDB_MODE", "offline" if "WANDB_API_KEY" not in env else "online")
-        start = time.perf_counter()
+        start = time.perf_counter()  # (W&B's mode comes from the environment: configure_wandb_env ran at start-up)
         with (run_dir / "log.txt").open("w", encoding="utf-8") as log:
-            process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, bufsize=1)
+            process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
             for line in process.stdout:
                 log.write(line)
                 sys.stdout.write(line)

@@ -9,6 +9,7 @@ from lit_instruct.objectives import (
     AdaptiveKLController,
     clipped_policy_loss,
     clipped_value_loss,
+    entropy_from_logprobs,
     explained_variance,
     gae,
     kl_penalized_rewards,
@@ -134,6 +135,17 @@ def test_ptx_term_is_the_lm_loss_on_every_token():
     logits, ids = torch.randn(2, 6, 11), torch.randint(0, 11, (2, 6))
     expected = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 11), ids[:, 1:].reshape(-1))
     assert torch.allclose(lm_loss(logits, ids), expected, atol=1e-6)
+
+
+def test_entropy_matches_a_loop_and_is_log_v_for_a_uniform_distribution():
+    logp = torch.log_softmax(torch.randn(2, 3, 7), dim=-1)
+    out = entropy_from_logprobs(logp)
+    for i in range(2):
+        for j in range(3):
+            expected = -sum(math.exp(float(lp)) * float(lp) for lp in logp[i, j])
+            assert math.isclose(float(out[i, j]), expected, rel_tol=1e-5)
+    uniform = torch.full((4, 7), -math.log(7))
+    assert torch.allclose(entropy_from_logprobs(uniform), torch.full((4,), math.log(7)))
 
 
 def test_adaptive_kl_controller_matches_the_formula_and_clips_the_error():
