@@ -36,13 +36,37 @@ def full_state_dict(model: torch.nn.Module, strategy=None) -> dict[str, torch.Te
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
-def save_export(model, tokenizer, out_dir: str | Path, metadata: dict, state_dict: dict | None = None) -> Path:
-    """Write an HF directory atomically (into a temporary sibling, then renamed), replacing any old one."""
+def cast_state_dict(state_dict: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Floating-point tensors in ``dtype``; integer buffers and quantized weights as they are."""
+    return {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state_dict.items()}
+
+
+def set_config_dtype(out_dir: Path, dtype: str) -> None:
+    """Make ``config.json`` state the dtype the weights were written in (``save_pretrained`` writes the in-memory
+    model's dtype, which differs when the state dict was cast)."""
+    path = out_dir / "config.json"
+    config = json.loads(path.read_text())
+    config["dtype"] = dtype
+    config.pop("torch_dtype", None)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def save_export(model, tokenizer, out_dir: str | Path, metadata: dict, state_dict: dict | None = None,
+                dtype: str = "float32") -> Path:
+    """Write an HF directory atomically (into a temporary sibling, then renamed), replacing any old one.
+
+    Floating-point weights are written in ``dtype`` (``"float32"``, ``"bfloat16"`` or ``"float16"``), whatever
+    dtype they have in memory, and ``config.json`` says so."""
+    from lit_instruct.models import as_dtype
+
+    state_dict = state_dict if state_dict is not None else {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state_dict = cast_state_dict(state_dict, as_dtype(dtype))
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     try:
         model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        set_config_dtype(tmp, dtype)
         tokenizer.save_pretrained(tmp)
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str) + "\n")
         if out.exists():

@@ -15,7 +15,7 @@ from torchmetrics.text import Perplexity
 
 from lit_instruct.batching import pad
 from lit_instruct.loggers import log_table
-from lit_instruct.models import EMBEDDED, TinyConfig, context_length, load_causal_lm, load_tokenizer
+from lit_instruct.models import EMBEDDED, DtypeName, TinyConfig, context_length, load_causal_lm, load_tokenizer
 from lit_instruct.objectives import IGNORE_INDEX, lm_loss
 from lit_instruct.stage import Stage, default_optimizer
 
@@ -41,6 +41,10 @@ class CausalLMModule(Stage):
         gradient_checkpointing: Recompute activations in the backward pass to save memory.
         attn_implementation: Attention kernel for Hugging Face models (``"sdpa"``, ``"eager"``,
             ``"flash_attention_2"``); ``None`` keeps the library's default.
+        load_dtype: dtype the weights are loaded in, whatever the checkpoint stores (hub checkpoints are often fp16
+            or bf16): float32, the default, keeps fp32 master weights under ``bf16-mixed`` (an fp16 weight stepped
+            by an update smaller than its rounding step would not move).
+        export_dtype: dtype of the exported weights (``config.json`` says which).
     """
 
     stage = "lm"
@@ -59,6 +63,8 @@ class CausalLMModule(Stage):
         sample_max_new_tokens: int = 48,
         gradient_checkpointing: bool = False,
         attn_implementation: Optional[str] = None,
+        load_dtype: DtypeName = "float32",
+        export_dtype: DtypeName = "float32",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -72,6 +78,7 @@ class CausalLMModule(Stage):
             residual_dropout=residual_dropout,
             attn_implementation=attn_implementation,
             gradient_checkpointing=gradient_checkpointing,
+            dtype=load_dtype,
         )
         self.val_loss = MeanMetric()
         self.val_perplexity = Perplexity(ignore_index=IGNORE_INDEX)

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedModel
@@ -23,13 +24,36 @@ from lit_instruct import bundled
 
 EMBEDDED = "embedded"
 EOS_TOKEN = "<|endoftext|>"
+# A pad token distinct from EOS: Hugging Face sequence-classification heads read the last token that is not the pad
+# token, so with pad == EOS an exported reward model would skip the EOS that it scores.
+PAD_TOKEN = "<|pad|>"
 # The text the embedded tokenizer is trained on: the pretraining corpus and the instruction data.
 TOKENIZER_CORPUS = ("pretrain.txt", "sft.jsonl", "prompts.jsonl")
-_TOKENIZER_VERSION = "1"
+_TOKENIZER_VERSION = "2"
 
 # Config attributes that hold residual / hidden dropout, across Hugging Face architectures.
 RESIDUAL_DROPOUT_ATTRS = ("resid_pdrop", "hidden_dropout", "hidden_dropout_prob", "dropout", "residual_dropout")
-ALL_DROPOUT_ATTRS = RESIDUAL_DROPOUT_ATTRS + ("embd_pdrop", "attn_pdrop", "attention_dropout", "summary_first_dropout")
+ALL_DROPOUT_ATTRS = RESIDUAL_DROPOUT_ATTRS + (
+    "embd_pdrop", "attn_pdrop", "attention_dropout", "attention_probs_dropout_prob", "activation_dropout",
+    "summary_first_dropout", "classifier_dropout", "layerdrop",
+)
+# Module attributes that some architectures read as a float probability at forward time instead of holding an
+# ``nn.Dropout`` (OPT's ``dropout`` and ``layerdrop``, Llama's / Qwen2's / GPT-NeoX's ``attention_dropout``).
+FLOAT_DROPOUT_ATTRS = ("dropout", "attention_dropout", "attn_dropout", "dropout_p", "hidden_dropout",
+                       "activation_dropout", "resid_dropout", "layerdrop")
+
+#: The dtypes a user may name in a config (weights at load, frozen models, exports).
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DtypeName = Literal["float32", "bfloat16", "float16"]
+
+
+def as_dtype(name: "str | torch.dtype | None") -> torch.dtype | None:
+    """``"bfloat16"`` -> ``torch.bfloat16`` (``None`` stays ``None``); a clear error for an unknown name."""
+    if name is None or isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}: use one of {sorted(DTYPES)}")
+    return DTYPES[name]
 
 
 @dataclass
@@ -74,12 +98,13 @@ def train_embedded_tokenizer(vocab_size: int = 4096) -> PreTrainedTokenizerFast:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[EOS_TOKEN],
+        special_tokens=[EOS_TOKEN, PAD_TOKEN],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(_corpus_texts(), trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN, unk_token=EOS_TOKEN)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN, unk_token=EOS_TOKEN,
+                                   pad_token=PAD_TOKEN)
 
 
 def embedded_tokenizer_dir(vocab_size: int = 4096) -> Path:
@@ -100,7 +125,10 @@ def embedded_tokenizer_dir(vocab_size: int = 4096) -> Path:
 
 
 def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
-    """Give a tokenizer without a pad token one (its EOS token). Labels never come from pad ids, so this is safe."""
+    """Give a tokenizer without a pad token one (its EOS token). Labels never come from pad ids, so this is safe.
+
+    (A reward model exported with pad == EOS cannot be batch-scored through Hugging Face's sequence-classification
+    head, which reads the last token that is not the pad token: see :meth:`lit_instruct.reward.RewardModel.save_pretrained`.)"""
     if tokenizer.eos_token is None:
         raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no EOS token; lit-instruct needs one to end responses")
     if tokenizer.pad_token is None:
@@ -134,30 +162,53 @@ def load_tokenizer(name_or_path: str, tiny: TinyConfig | None = None) -> PreTrai
 
 
 def set_dropout(config, residual_dropout: float | None) -> None:
-    """Set the dropout of a Hugging Face config: residual/hidden dropout to ``residual_dropout``.
+    """Set the residual/hidden dropout of a Hugging Face config to ``residual_dropout``.
 
-    The paper fine-tunes with residual dropout 0.2. ``None`` keeps the config's values. Raises when the
-    architecture has none of the known dropout attributes.
+    The paper fine-tunes with residual dropout 0.2. ``None`` keeps the config's values. Zero for an architecture
+    that has no residual dropout (Llama, Qwen2) asks for nothing and is a no-op; a non-zero value there is an error
+    that names the architecture.
     """
     if residual_dropout is None:
         return
-    found = [a for a in RESIDUAL_DROPOUT_ATTRS if hasattr(config, a)]
+    found = [a for a in RESIDUAL_DROPOUT_ATTRS if isinstance(getattr(config, a, None), (int, float)) and not isinstance(getattr(config, a), bool)]
     if not found:
+        if residual_dropout == 0:
+            return
         raise ValueError(
-            f"cannot set residual dropout on model type {config.model_type!r}: its config has none of {RESIDUAL_DROPOUT_ATTRS}"
+            f"cannot set residual dropout {residual_dropout} on model type {config.model_type!r}: this architecture has "
+            f"no residual dropout (its config has none of {RESIDUAL_DROPOUT_ATTRS}); leave residual_dropout unset or 0"
         )
     for attr in found:
         setattr(config, attr, residual_dropout)
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
-    """Set every dropout probability in ``model`` to 0 (the RL stages run without dropout)."""
+    """Set every dropout probability in ``model`` to 0 (the RL stages run without dropout): ``nn.Dropout`` modules,
+    probabilities that modules read as floats at forward time, and the config's fields (for modules built later)."""
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+        for attr in FLOAT_DROPOUT_ATTRS:
+            value = getattr(module, attr, None)
+            if isinstance(value, float) and not isinstance(value, bool):
+                setattr(module, attr, 0.0)
+    config = getattr(model, "config", None)
     for attr in ALL_DROPOUT_ATTRS:
-        if hasattr(model.config, attr) and isinstance(getattr(model.config, attr), float):
-            setattr(model.config, attr, 0.0)
+        if config is not None and isinstance(getattr(config, attr, None), float):
+            setattr(config, attr, 0.0)
+
+
+def dropout_probabilities(model: torch.nn.Module) -> dict[str, float]:
+    """Every non-zero dropout probability in ``model`` by module path (``nn.Dropout`` and float attributes)."""
+    found = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Dropout) and module.p > 0:
+            found[name] = module.p
+        for attr in FLOAT_DROPOUT_ATTRS:
+            value = getattr(module, attr, None)
+            if isinstance(value, float) and value > 0:
+                found[f"{name}.{attr}"] = value
+    return found
 
 
 def context_length(config) -> int:
@@ -197,15 +248,28 @@ def load_causal_lm(
     residual_dropout: float | None = None,
     attn_implementation: str | None = None,
     gradient_checkpointing: bool = False,
+    dtype: "str | torch.dtype" = torch.float32,
+    trainable: bool = True,
+    quantization_config=None,
 ) -> PreTrainedModel:
-    """Build the causal LM backbone: the embedded tiny model from its config, or ``from_pretrained``."""
+    """Build the causal LM backbone: the embedded tiny model from its config, or ``from_pretrained``.
+
+    Weights are loaded in ``dtype`` whatever dtype the checkpoint was stored in: float32 by default, so that trainable
+    weights are fp32 masters under mixed precision (``bf16-mixed`` autocasts the matmuls; the optimizer steps fp32).
+    Transformers would otherwise load fp16/bf16 checkpoints as they are stored (``dtype="auto"``). The model comes
+    back in train mode when ``trainable`` (``from_pretrained`` returns eval mode, and Lightning no longer calls
+    ``.train()``), else in eval mode with gradients off.
+    """
+    dtype = as_dtype(dtype)
     if name_or_path == EMBEDDED:
-        model = GPT2LMHeadModel(embedded_config(tokenizer, tiny, residual_dropout))
+        model = GPT2LMHeadModel(embedded_config(tokenizer, tiny, residual_dropout)).to(dtype)
     else:
         config = AutoConfig.from_pretrained(check_source(name_or_path))
         set_dropout(config, residual_dropout)
         kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, config=config, **kwargs)
+        if quantization_config is not None:
+            kwargs["quantization_config"] = quantization_config
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, config=config, dtype=dtype, **kwargs)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None:
@@ -218,5 +282,7 @@ def load_causal_lm(
         )
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train(trainable)
+    if not trainable:
+        model.requires_grad_(False)
     return model
-

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import time
+import warnings
 from typing import Literal, Optional
 
 import lightning as L
@@ -26,7 +27,7 @@ from lit_instruct.base import pack_documents, pretrain_split
 from lit_instruct.batching import LMCollator, pad
 from lit_instruct.loggers import log_table
 from lit_instruct.models import disable_dropout as turn_off_dropout
-from lit_instruct.models import context_length, load_causal_lm, load_tokenizer
+from lit_instruct.models import DtypeName, context_length, load_causal_lm, load_tokenizer
 from lit_instruct.objectives import (
     AdaptiveKLController,
     FixedKLController,
@@ -39,7 +40,8 @@ from lit_instruct.objectives import (
     masked_mean,
     masked_whiten,
 )
-from lit_instruct.prompts import DEFAULT_TEMPLATE, format_prompt
+from lit_instruct.export import read_metadata
+from lit_instruct.prompts import DEFAULT_TEMPLATE, ChatTemplateMode, PromptFormat, check_prompt_field, prompt_key
 from lit_instruct.records import DataError, Problem, check_text_fields, raise_problems, read_rows, split
 from lit_instruct.reward import RewardModel
 from lit_instruct.rollout import Rollout, critic_values, generate, logprobs_from_logits, response_logits, score_rollout
@@ -90,11 +92,15 @@ class PPOPtxDataModule(L.LightningDataModule):
     """Prompts for rollouts and validation, and pretraining text for the ptx term and the alignment-tax metric.
 
     Args:
-        prompts_file: JSONL of ``{"prompt"}`` rows (``bundled:prompts.jsonl``).
+        prompts_file: ``{"prompt"}`` rows (``bundled:prompts.jsonl``): JSONL, JSON, Parquet, Arrow or CSV, a dataset
+            directory or a ``datasets`` name (``NAME`` or ``NAME@SPLIT``); a prompt is a string or a message list.
+        columns: The file's column names for our fields, e.g. ``{prompt: question}``.
         val_fraction: Share of prompts held out (deterministic split by prompt) for validation.
         split_seed: Seed of the deterministic splits.
         only_permissive: Keep only prompts whose ``license`` is Apache-2.0 or MIT.
         prompt_template: Template for single-turn prompts (as in SFT).
+        chat_template: ``"auto"`` / ``"always"`` / ``"never"``, as in SFT. The format must be the reward model's
+            (checked before training) and should be the policy's SFT format (checked when its export records one).
         max_prompt_tokens: Longest prompt in tokens; longer ones are skipped (counted) or an error.
         overlong: ``"skip"`` or ``"error"`` for prompts longer than ``max_prompt_tokens``.
         rollout_batch_size: Prompts per rollout, per process (the paper: 512 in all).
@@ -111,10 +117,12 @@ class PPOPtxDataModule(L.LightningDataModule):
     def __init__(
         self,
         prompts_file: str = "bundled:prompts.jsonl",
+        columns: Optional[dict[str, str]] = None,
         val_fraction: float = 0.05,
         split_seed: int = 0,
         only_permissive: bool = False,
         prompt_template: str = DEFAULT_TEMPLATE,
+        chat_template: ChatTemplateMode = "auto",
         max_prompt_tokens: int = 128,
         overlong: Literal["skip", "error"] = "skip",
         rollout_batch_size: int = 16,
@@ -150,23 +158,42 @@ class PPOPtxDataModule(L.LightningDataModule):
                     f"({module.hparams.max_new_tokens}) = {longest} tokens exceed the {context}-token context of the "
                     "policy / reward model: lower one of them"
                 )
+            self.check_formats(module)
         self.prepare()
+
+    def prompt_format(self) -> PromptFormat:
+        """How prompts become model input with this data's settings and tokenizer."""
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer("embedded")
+        return PromptFormat.from_tokenizer(self.tokenizer, self.hparams.prompt_template, self.hparams.chat_template)
+
+    def check_formats(self, module) -> None:
+        """The reward model must read prompts formatted as PPO writes them (else it scores text it never saw in
+        training); so should the policy's SFT stage, when its export records its format."""
+        ours = self.prompt_format().describe()
+        PromptFormat.check_same(ours, module.rm.format_description(), "PPO's prompts (data.prompt_template / data.chat_template)",
+                                f"the reward model at {module.hparams.reward_model_path}")
+        policy_format = read_metadata(module.hparams.policy_name_or_path).get("prompt_format") if module.hparams.policy_name_or_path != "embedded" else None
+        if policy_format:
+            PromptFormat.check_same(ours, policy_format, "PPO's prompts (data.prompt_template / data.chat_template)",
+                                    f"the policy's SFT at {module.hparams.policy_name_or_path}")
 
     def prepare(self) -> None:
         """Read and validate the prompts and the pretraining text (called by :meth:`setup`)."""
         h = self.hparams
         keep = (lambda row: bundled.is_permissive(row.get("license"))) if h.only_permissive else None
-        rows = read_rows(h.prompts_file, lambda r: check_text_fields(r, ("prompt",)), keep=keep)
+        rows = read_rows(h.prompts_file, check_prompt_field, keep=keep, columns=h.columns)
         encoded, skipped = [], []
+        fmt = self.prompt_format()
         for line, row in rows:
-            ids = self.tokenizer(format_prompt(row["prompt"], h.prompt_template), add_special_tokens=False)["input_ids"]
+            ids = self.tokenizer(fmt.prompt(row["prompt"]), add_special_tokens=False)["input_ids"]
             if len(ids) > h.max_prompt_tokens:
                 skipped.append(Problem(str(h.prompts_file), line, f"prompt is {len(ids)} tokens, longer than max_prompt_tokens={h.max_prompt_tokens}"))
                 continue
             encoded.append((row["prompt"], ids))
         if skipped and h.overlong == "error":
             raise_problems(skipped, "over-long prompts; set data.overlong=skip to drop them instead")
-        train, val = split(encoded, lambda e: e[0], h.val_fraction, h.split_seed)
+        train, val = split(encoded, lambda e: prompt_key(e[0]), h.val_fraction, h.split_seed)
         if not train or not val:
             raise DataError(f"{h.prompts_file}: {len(train)} train / {len(val)} validation prompts left; need both")
         self.train_prompts = [ids for _, ids in train]
@@ -253,6 +280,17 @@ class PPOPtxModule(Stage):
             ``None``: off.
         frozen_quantization: Load the reference and the reward model in ``"8bit"`` or ``"4bit"`` (nf4) through
             bitsandbytes (needs ``accelerate``); ``None``: full precision.
+        load_dtype: dtype of the trained weights (policy, critic) whatever the checkpoints store: float32 (the
+            default) keeps fp32 master weights under ``bf16-mixed``.
+        frozen_dtype: dtype of the frozen reference and reward model (``"bfloat16"`` halves their memory; the
+            reward head still computes in float32); ``None``: ``load_dtype``.
+        export_dtype: dtype of the exported policy weights.
+        rollout_logprobs: Where the old log-probs come from: ``"sampling"`` reuses the logits kept while sampling
+            (exact in float32, saves a forward pass), ``"recompute"`` runs the policy once more over the rollout in
+            the first epoch's minibatches (exact under bf16 too: the first minibatch's ratio is 1), ``"auto"``
+            samples-logits in ``32-true`` / ``64-true`` and recomputes under any other precision.
+        require_reward_normalization: Refuse a reward model without the SFT normalisation (e.g. a TRL or OpenRLHF
+            directory); ``False`` scores with it as it is.
         gradient_checkpointing: Recompute activations of the policy and critic in the backward pass.
         disable_dropout: Turn dropout off in all four models (the usual RL setting).
         export_dir: Where the policy export is written; ``None``: ``<default_root_dir>/export``.
@@ -295,6 +333,11 @@ class PPOPtxModule(Stage):
         max_grad_norm: Optional[float] = 1.0,
         ema_decay: Optional[float] = None,
         frozen_quantization: Optional[Literal["8bit", "4bit"]] = None,
+        load_dtype: DtypeName = "float32",
+        frozen_dtype: Optional[DtypeName] = None,
+        export_dtype: DtypeName = "float32",
+        rollout_logprobs: Literal["auto", "sampling", "recompute"] = "auto",
+        require_reward_normalization: bool = True,
         gradient_checkpointing: bool = False,
         disable_dropout: bool = True,
         export_dir: Optional[str] = None,
@@ -306,18 +349,24 @@ class PPOPtxModule(Stage):
         self.automatic_optimization = False
         self.optimizer_factory = optimizer
         self.tokenizer = load_tokenizer(policy_name_or_path)
-        self.policy = load_causal_lm(policy_name_or_path, self.tokenizer, gradient_checkpointing=gradient_checkpointing)
+        self.policy = load_causal_lm(policy_name_or_path, self.tokenizer, gradient_checkpointing=gradient_checkpointing,
+                                     dtype=load_dtype)
         quantization = bnb_config(frozen_quantization)
-        self.ref = self._load_frozen_lm(reference_name_or_path or policy_name_or_path, quantization)
-        # Refuses an export without its normalisation.
-        self.rm = RewardModel.from_pretrained(reward_model_path, quantization_config=quantization)
-        self.critic = RewardModel.from_pretrained(critic_name_or_path or reward_model_path, require_normalization=False)
+        frozen = frozen_dtype or load_dtype
+        self.ref = load_causal_lm(reference_name_or_path or policy_name_or_path, self.tokenizer, dtype=frozen,
+                                  trainable=False, quantization_config=quantization)
+        # Refuses an export without its normalisation (unless told).
+        self.rm = RewardModel.from_pretrained(reward_model_path, quantization_config=quantization, dtype=frozen,
+                                              require_normalization=require_reward_normalization)
+        # The critic starts from the reward model and learns a value level too (a head with a bias).
+        self.critic = RewardModel.from_pretrained(critic_name_or_path or reward_model_path, require_normalization=False,
+                                                  dtype=load_dtype, head_bias=True).train()
         if gradient_checkpointing:
             self.critic.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self._check_tokenizers(reward_model_path)
-        for frozen in (self.ref, self.rm):
-            frozen.eval()
-            frozen.requires_grad_(False)
+        for model in (self.ref, self.rm):
+            model.eval()
+            model.requires_grad_(False)
         if disable_dropout:
             for model in (self.policy, self.ref, self.rm.backbone, self.critic.backbone):
                 turn_off_dropout(model)
@@ -325,6 +374,7 @@ class PPOPtxModule(Stage):
         if ema_decay is not None:
             self.ema = AveragedModel(self.policy, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
             self.ema.requires_grad_(False)
+            self.ema.eval()
         self.kl_controller = (
             AdaptiveKLController(kl_coef, kl_target, kl_horizon) if adaptive_kl else FixedKLController(kl_coef)
         )
@@ -336,13 +386,6 @@ class PPOPtxModule(Stage):
         self._val_samples: list[list] = []
 
     # ------------------------------------------------------------------ construction helpers
-    def _load_frozen_lm(self, path: str, quantization_config):
-        if quantization_config is None:
-            return load_causal_lm(path, self.tokenizer)
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(path, quantization_config=quantization_config)
-
     def _check_tokenizers(self, reward_model_path: str) -> None:
         if self.rm.tokenizer.get_vocab() != self.tokenizer.get_vocab():
             raise ValueError(
@@ -357,6 +400,21 @@ class PPOPtxModule(Stage):
     def trained_module(self) -> torch.nn.Module:
         return self.policy
 
+    def trained_modules(self) -> list[torch.nn.Module]:
+        return [self.policy, self.critic]
+
+    def frozen_modules(self) -> list[torch.nn.Module]:
+        return [self.ref, self.rm] + ([self.ema] if self.ema is not None else [])
+
+    def evaluated_policy(self) -> torch.nn.Module:
+        """The policy that validation measures and the export writes: the EMA of the weights when ``ema_decay`` is set."""
+        return self.ema.module if self.ema is not None else self.policy
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        # The frozen reference and reward model are in eval mode on purpose; Lightning warns about any such module.
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+
     def configure_callbacks(self) -> list:
         return []  # batches are prompts, not token tensors: throughput is logged per iteration (episodes/s)
 
@@ -366,6 +424,7 @@ class PPOPtxModule(Stage):
         return isinstance(self.trainer.strategy, DeepSpeedStrategy)
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         strategy = self.trainer.strategy
         if self._deepspeed:
             # Lightning refuses gradient_clip_val with manual optimisation; DeepSpeed clips from its own config.
@@ -399,14 +458,27 @@ class PPOPtxModule(Stage):
         mask = pad([[1] * len(p) for p in prompts], 0, left=True).to(self.device)
         return query, mask
 
-    def rollout(self, prompts: list[list[int]], max_new_tokens: int, do_sample: bool = True, values: bool = True) -> Rollout:
-        """Generate responses to ``prompts`` and score them (no gradients); ``values``: the critic's too."""
+    def recompute_logprobs(self) -> bool:
+        """Whether old log-probs need their own forward pass (see ``rollout_logprobs``)."""
+        mode = self.hparams.rollout_logprobs
+        if mode == "auto":
+            precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
+            return precision not in ("32-true", "32", "64-true", "64")
+        return mode == "recompute"
+
+    def rollout(self, prompts: list[list[int]], max_new_tokens: int, do_sample: bool = True, values: bool = True,
+                policy: Optional[torch.nn.Module] = None, chunks: Optional[list[torch.Tensor]] = None) -> Rollout:
+        """Generate responses to ``prompts`` with ``policy`` (default: the trained one) and score them (no gradients);
+        ``values``: the critic's too. ``chunks``: the first PPO epoch's minibatches (see :func:`score_rollout`)."""
         h = self.hparams
+        policy = policy if policy is not None else self.policy
         query, query_mask = self.collate_prompts(prompts)
-        self.policy.eval()
+        modes = [(m, m.training) for m in (policy, self.critic)]
+        policy.eval()
+        self.critic.eval()
         start = time.perf_counter()
         rollout = generate(
-            self.policy, query, query_mask, eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
+            policy, query, query_mask, eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
             max_new_tokens=max_new_tokens, temperature=h.temperature, top_k=h.top_k, top_p=h.top_p, do_sample=do_sample,
             synced_gpus=self._synced(),
         )
@@ -414,9 +486,11 @@ class PPOPtxModule(Stage):
         rollout = score_rollout(
             rollout, reference=self.ref, critic=self.critic if values else None, reward_model=self.rm,
             temperature=h.temperature, missing_eos_penalty=h.missing_eos_penalty,
+            policy=policy if self.recompute_logprobs() else None, chunks=chunks,
         )
         self.rollout_timing = {"generation": generated - start, "scoring": time.perf_counter() - generated}
-        self.policy.train()
+        for module, mode in modes:
+            module.train(mode)
         return rollout
 
     # ------------------------------------------------------------------ the PPO iteration
@@ -432,7 +506,8 @@ class PPOPtxModule(Stage):
     def training_step(self, prompts: list[list[int]], batch_idx: int) -> None:
         h = self.hparams
         start = time.perf_counter()
-        rollout = self.rollout(prompts, h.max_new_tokens)
+        first_epoch = torch.randperm(len(prompts)).split(h.minibatch_size)  # scored in these minibatches, updated in them first
+        rollout = self.rollout(prompts, h.max_new_tokens, chunks=list(first_epoch))
         mask = rollout.response_mask.float()
         rewards, kl = kl_penalized_rewards(rollout.logprobs, rollout.ref_logprobs, rollout.scores, mask, self.kl_controller.value)
         advantages, returns = gae(rewards, rollout.values, mask, h.discount, h.gae_lambda)
@@ -441,7 +516,7 @@ class PPOPtxModule(Stage):
         rollout_seconds = time.perf_counter() - start
 
         start = time.perf_counter()
-        stats = self.ppo_update(rollout, advantages, returns)
+        stats = self.ppo_update(rollout, advantages, returns, first_epoch)
         update_seconds = time.perf_counter() - start
 
         episodes = len(prompts) * self.trainer.world_size
@@ -478,16 +553,25 @@ class PPOPtxModule(Stage):
         if self._done():
             self.trainer.should_stop = True
 
-    def ppo_update(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, torch.Tensor]:
-        """PPO epochs over shuffled minibatches; each minibatch's loss adds ``ptx_coef`` times the pretraining LM loss."""
+    def ppo_update(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor,
+                   first_epoch: Optional[tuple[torch.Tensor, ...]] = None) -> dict[str, torch.Tensor]:
+        """PPO epochs over shuffled minibatches; each minibatch's loss adds ``ptx_coef`` times the pretraining LM loss.
+
+        The first epoch's minibatches are ``first_epoch`` (those the rollout was scored in); later epochs reshuffle.
+        Also returns the first minibatch's ``policy/first_minibatch_approxkl`` and ``policy/first_minibatch_ratio_error``
+        (max |ratio - 1|): before any update both are 0 up to float error when the old log-probs are right."""
         h = self.hparams
         optimizer = self.optimizers()
         sums: dict[str, torch.Tensor] = {}
         n = rollout.response.shape[0]
         padding = rollout.padding()  # on the host once per iteration, for cutting each minibatch's padding
         count = 0
-        for _ in range(h.ppo_epochs):
-            for rows in torch.randperm(n).split(h.minibatch_size):
+        first: dict[str, torch.Tensor] = {}
+        self.policy.train()
+        self.critic.train()
+        for epoch in range(h.ppo_epochs):
+            order = first_epoch if epoch == 0 and first_epoch is not None else torch.randperm(n).split(h.minibatch_size)
+            for rows in order:
                 index = rows.to(self.device)
                 mb, r = rollout.select(index).trimmed(padding[:, rows])  # no padding columns it does not need
                 mb_advantages, mb_returns = advantages[index, :r], returns[index, :r]
@@ -496,6 +580,10 @@ class PPOPtxModule(Stage):
                 logprobs = logprobs_from_logits(logits, mb.response, h.temperature)
                 del logits
                 policy = clipped_policy_loss(logprobs, mb.logprobs, mb_advantages, mask, h.clip_range)
+                if not first:
+                    ratio_error = ((logprobs.detach() - mb.logprobs).exp() - 1).abs() * mask
+                    first = {"policy/first_minibatch_approxkl": policy["approxkl"].detach(),
+                             "policy/first_minibatch_ratio_error": ratio_error.max()}
                 values = critic_values(self.critic, mb)
                 value = clipped_value_loss(values, mb.values, mb_returns, mask, h.value_clip_range)
                 loss = policy["loss"] + h.vf_coef * value["loss"]
@@ -518,13 +606,13 @@ class PPOPtxModule(Stage):
                                     ("value/clipfrac", value["clipfrac"]), ("ptx/loss", ptx), ("train/loss", loss)):
                     sums[key] = sums.get(key, 0.0) + value_.detach()  # stays on the device: no sync per minibatch
                 count += 1
-        return {k: v / count for k, v in sums.items()}
+        return {**{k: v / count for k, v in sums.items()}, **first}
 
     # ------------------------------------------------------------------ validation: reward, KL, alignment tax
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         if dataloader_idx == 0:
             h = self.hparams
-            rollout = self.rollout(batch, h.val_max_new_tokens or h.max_new_tokens, values=False)
+            rollout = self.rollout(batch, h.val_max_new_tokens or h.max_new_tokens, values=False, policy=self.evaluated_policy())
             mask = rollout.response_mask.float()
             self.val_score.update(rollout.scores)
             self.val_kl.update(((rollout.logprobs - rollout.ref_logprobs) * mask).sum(1))
@@ -535,7 +623,8 @@ class PPOPtxModule(Stage):
                 responses = self.tokenizer.batch_decode(rollout.response[:k], skip_special_tokens=True)
                 self._val_samples = [[self.global_step, p, r, float(s)] for p, r, s in zip(texts, responses, rollout.scores[:k])]
         else:
-            logits = self.policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+            policy = self.evaluated_policy()
+            logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
             self.val_pretrain_loss.update(lm_loss(logits, batch["labels"]), weight=batch["input_ids"].numel())
 
     def on_validation_epoch_end(self) -> None:
@@ -554,6 +643,7 @@ class PPOPtxModule(Stage):
         checkpoint["ppo_state"] = {"kl_controller": self.kl_controller.state_dict(), "episodes": self.episodes}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("ppo_state")
         if state:
             self.kl_controller.load_state_dict(state["kl_controller"])
@@ -567,11 +657,11 @@ class PPOPtxModule(Stage):
         return metrics
 
     def export_target(self):
-        return (self.ema.module if self.ema is not None else self.policy), self.tokenizer
+        return self.evaluated_policy(), self.tokenizer
 
     def export_metadata(self) -> dict:
         h = self.hparams
-        return {"kl_coef_final": self.kl_controller.value, "episodes": self.episodes, "ema": h.ema_decay is not None,
+        return {**super().export_metadata(), "kl_coef_final": self.kl_controller.value, "episodes": self.episodes, "ema": h.ema_decay is not None,
                 "reward_model": h.reward_model_path, "reference": h.reference_name_or_path or h.policy_name_or_path}
 
 

@@ -1,14 +1,19 @@
 """Reading and validating user data files before any training starts.
 
-Every problem is reported as ``FILE:LINE: what is wrong``; all the bad lines of a file are collected and
-reported together (the first :data:`MAX_REPORTED` of them), so a user fixes a file in one pass.
+Every problem is reported as ``FILE:LINE: what is wrong`` (JSON Lines) or ``FILE:row N: what is wrong``
+(JSON arrays, Parquet, Arrow, CSV, ``datasets`` directories and hub datasets); all the bad rows of a file are
+collected and reported together (the first :data:`MAX_REPORTED` of them), so a user fixes a file in one pass.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import difflib
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +22,26 @@ from lit_instruct import bundled
 
 MAX_REPORTED = 10
 
+#: Local file suffixes read through a ``datasets`` builder (``.json`` is read with :mod:`json`, see
+#: :func:`read_rows`); any other existing file is read as JSON Lines.
+BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv"}
+#: Suffixes that make a missing source a missing file rather than a hub dataset name.
+DATA_SUFFIXES = (".jsonl", ".json", *BUILDERS)
+#: ``SOURCE@SPLIT``: a split name (``datasets`` slicing such as ``train[:100]`` included) after the last ``@``.
+_SPLIT = re.compile(r".+@[\w.\-\[\]:%+]+")
+
 
 class DataError(ValueError):
     """Bad input data. The message names the file, the line and the problem."""
+
+
+class RowNumber(int):
+    """A 1-based row index (not a line number): a :class:`Problem` made with one says ``FILE:row N:``.
+
+    :func:`read_rows` returns these for sources without lines (JSON arrays, Parquet, Arrow, CSV, hub
+    datasets), so problems the data modules report later about a row (``Problem(path, number, ...)``) name
+    it the same way.
+    """
 
 
 @dataclass(frozen=True)
@@ -27,9 +49,16 @@ class Problem:
     path: str
     line: int
     message: str
+    unit: str = "line"  # "line": ``FILE:LINE: message``; anything else, e.g. "row": ``FILE:row N: message``
+
+    def __post_init__(self) -> None:
+        if self.unit == "line" and isinstance(self.line, RowNumber):
+            object.__setattr__(self, "unit", "row")
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.message}"
+        if self.unit == "line":
+            return f"{self.path}:{self.line}: {self.message}"
+        return f"{self.path}:{self.unit} {self.line}: {self.message}"
 
 
 def raise_problems(problems: list[Problem], what: str = "") -> None:
@@ -70,22 +99,269 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
 Validator = Callable[[dict], "str | None"]
 
 
-def read_rows(path: str | Path, validate: Validator, *, keep: Callable[[dict], bool] | None = None) -> list[tuple[int, dict]]:
-    """Read a JSONL file of objects, validating every row.
+def check_columns(columns: dict | None, allowed: set[str] | frozenset[str] | Iterable[str]) -> None:
+    """Check a ``columns`` mapping (our field name -> the file's column name) before reading anything.
+
+    Raises :class:`ValueError` for a key that is not one of our ``allowed`` field names (a typo such as
+    ``{"promt": "question"}``) or for a name that is not a non-empty string.
+    """
+    if columns is None:
+        return
+    if not isinstance(columns, dict):
+        raise ValueError(f"columns must be a mapping of our field names to the file's column names, got {type(columns).__name__}")
+    allowed = set(allowed)
+    expected = ", ".join(repr(a) for a in sorted(allowed))
+    for ours, theirs in columns.items():
+        if ours not in allowed:
+            close = difflib.get_close_matches(str(ours), sorted(allowed), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"columns: unknown field {ours!r}{hint}; the fields are {expected}")
+        if not isinstance(theirs, str) or not theirs:
+            raise ValueError(f"columns: field {ours!r} must map to a column name (a non-empty string), got {theirs!r}")
+
+
+def _check_mapping(columns: dict | None) -> dict[str, str]:
+    if not columns:
+        return {}
+    if not isinstance(columns, dict):
+        raise ValueError(f"columns must be a mapping of our field names to the file's column names, got {type(columns).__name__}")
+    for ours, theirs in columns.items():
+        if not isinstance(ours, str) or not isinstance(theirs, str) or not ours or not theirs:
+            raise ValueError(f"columns: names must be non-empty strings, got {ours!r}: {theirs!r}")
+    return dict(columns)
+
+
+def _check_present(source: str, columns: dict[str, str], present: Iterable[str]) -> None:
+    """One :class:`DataError` naming every mapped column the source lacks, and the columns it has."""
+    present = list(present)
+    missing = [(ours, theirs) for ours, theirs in columns.items() if theirs not in present]
+    if not missing:
+        return
+    what = ", ".join(f"{theirs!r} (for {ours!r})" for ours, theirs in missing)
+    has = ", ".join(repr(c) for c in present) or "none"
+    raise DataError(f"{source}: column{'s' if len(missing) > 1 else ''} {what} not found; the columns are: {has}")
+
+
+def _rename(row: dict, columns: dict[str, str]) -> dict:
+    """``row`` with the mapped columns under our names; the other columns as they are."""
+    if not columns:
+        return row
+    values = {ours: row[theirs] for ours, theirs in columns.items() if theirs in row}
+    sources = set(columns.values())
+    renamed = {k: v for k, v in row.items() if k not in sources}
+    renamed.update(values)
+    return renamed
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain Python (str, int, float, bool, None, list, dict): numpy and pyarrow values converted."""
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "as_py"):  # pyarrow scalars and arrays
+        return _plain(value.as_py())
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return _plain(value.tolist())
+    for kind in (bool, str, int, float):  # subclasses (numpy.str_, enum values)
+        if isinstance(value, kind):
+            return kind(value)
+    return value
+
+
+def _reason(error: BaseException) -> str:
+    """A one-line reason for a failed load: the underlying error when ``datasets`` wraps it."""
+    if type(error).__name__ == "DatasetGenerationError" and error.__cause__ is not None:
+        error = error.__cause__
+    text = " ".join(str(error).split()) or type(error).__name__
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f"{type(error).__name__}: {text}" if type(error).__name__ not in text else text
+
+
+@contextlib.contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """No ``datasets`` progress bars while reading (restored afterwards)."""
+    import datasets
+
+    was_disabled = datasets.utils.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
+
+
+def _load(source: str, load: Callable[[], Any], split: str | None = None) -> Any:
+    """Run a ``datasets`` load; any failure is a one-line :class:`DataError` naming ``source``."""
+    try:
+        with _quiet_progress():
+            loaded = load()
+        if isinstance(loaded, dict):  # a DatasetDict (load_from_disk of a saved DatasetDict)
+            name = split or "train"
+            if name not in loaded:
+                raise DataError(f"{source}: cannot load (no split {name!r}; the splits are: {', '.join(repr(k) for k in loaded)})")
+            return loaded[name]
+        if split not in (None, "train"):  # load_from_disk of a single saved Dataset: it has no splits
+            raise DataError(f"{source}: cannot load (no split {split!r}; a dataset saved with save_to_disk has one)")
+        return loaded
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever datasets raises, the user needs the source and the reason
+        raise DataError(f"{source}: cannot load ({_reason(e)})") from None
+
+
+def _load_dataset(source: str, target: Path | str, split: str | None) -> Any:
+    """A ``datasets.Dataset`` for a local data file, a local directory or a hub dataset name."""
+    import datasets
+
+    if isinstance(target, Path) and target.is_file():
+        builder = BUILDERS[target.suffix.lower()]
+        kwargs: dict[str, Any] = {}
+        if builder == "csv":
+            # Text exactly as written: every column a string, no "NA"/"null"/empty cell turned into a null.
+            try:
+                with target.open(encoding="utf-8", newline="") as f:
+                    reader = csv.reader(f)
+                    header, first = next(reader, []), next(reader, None)
+            except (OSError, UnicodeDecodeError, csv.Error) as e:
+                raise DataError(f"{source}: cannot load ({_reason(e)})") from None
+            if not header:
+                raise DataError(f"{source}:1: file is empty")
+            if first is None:
+                raise DataError(f"{source}: no rows")
+            kwargs = {
+                "keep_default_na": False,
+                "features": datasets.Features({name: datasets.Value("string") for name in header}),
+            }
+        return _load(source, lambda: datasets.load_dataset(builder, data_files=str(target), split="train", **kwargs))
+    if isinstance(target, Path) and ((target / "state.json").is_file() or (target / "dataset_dict.json").is_file()):
+        # written by Dataset.save_to_disk / DatasetDict.save_to_disk, which load_dataset refuses
+        return _load(source, lambda: datasets.load_from_disk(str(target)), split)
+    return _load(source, lambda: datasets.load_dataset(str(target), split=split or "train"))
+
+
+def _dataset_values(source: str, dataset: Any, columns: dict[str, str]) -> Iterator[tuple[int, Any]]:
+    """``(row_number, row)`` for each row of a ``datasets.Dataset``, 1-based, values as plain Python."""
+    names = list(dataset.column_names)
+    _check_present(source, columns, names)
+    if len(dataset) == 0:
+        raise DataError(f"{source}: no rows")
+    number = 0
+    for batch in dataset.with_format(None).iter(batch_size=1000):
+        for values in zip(*(batch[name] for name in names)):
+            number += 1
+            yield RowNumber(number), {name: _plain(v) for name, v in zip(names, values)}
+
+
+def _json_values(path: str | Path, source: str) -> Iterator[tuple[int, Any]] | None:
+    """Rows of a ``.json`` file that holds one JSON array (row numbers), or ``None`` for JSON Lines."""
+    resolved = open_checked(path)
+    text = resolved.read_text(encoding="utf-8")
+    start = text.lstrip()[:1]
+    if start not in ("[", "{"):
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        if start == "[" and e.msg != "Extra data":
+            raise DataError(f"{source}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+        return None  # JSON Lines (several values): read line by line
+    if isinstance(value, dict):
+        if len([line for line in text.splitlines() if line.strip()]) == 1:
+            return None  # JSON Lines with one row
+        raise DataError(f"{source}: one JSON object; expected JSON Lines (one object per line) or a JSON array of objects")
+    if not value:
+        raise DataError(f"{source}: no rows (an empty JSON array)")
+    return ((RowNumber(i), item) for i, item in enumerate(value, start=1))
+
+
+def _source(path: str | Path) -> tuple[str, Path | str, str | None]:
+    """``("jsonl" | "json" | "file" | "dataset", target, split)`` for a ``read_rows`` source."""
+    text = str(path)
+    if text.startswith(bundled.PREFIX):
+        return "jsonl", path, None
+    resolved = Path(text).expanduser()
+    base, split = text, None
+    if not resolved.exists() and not text.lower().endswith(DATA_SUFFIXES) and _SPLIT.fullmatch(text):
+        base, split = text.rsplit("@", 1)
+        resolved = Path(base).expanduser()
+    if resolved.is_file():
+        if split is not None:
+            raise DataError(f"{path}: a split (@{split}) applies only to a directory or a hub dataset, and {base} is a file")
+        suffix = resolved.suffix.lower()
+        if suffix == ".json":
+            return "json", path, None
+        if suffix in BUILDERS:
+            return "file", resolved, None
+        return "jsonl", path, None
+    if resolved.is_dir():
+        return "dataset", resolved, split
+    if resolved.exists():
+        raise DataError(f"{path}: not a file")
+    if base.startswith((".", "/", "~")) or base.lower().endswith(DATA_SUFFIXES):
+        raise DataError(f"{path}: file not found")
+    return "dataset", base, split
+
+
+def read_rows(
+    path: str | Path,
+    validate: Validator,
+    *,
+    keep: Callable[[dict], bool] | None = None,
+    columns: dict[str, str] | None = None,
+) -> list[tuple[int, dict]]:
+    """Read the rows of a data source, validating every row.
+
+    ``path`` is one of:
+
+    * ``bundled:NAME``, a ``.jsonl`` file (or any file without a suffix below): JSON Lines, numbered by line;
+    * a ``.json`` file: JSON Lines (numbered by line) or one JSON array of objects (numbered by row);
+    * a ``.parquet``, ``.arrow`` (Arrow stream, as ``Dataset.save_to_disk`` writes) or ``.csv`` file (every
+      column read as text), read with ``datasets.load_dataset``, numbered by row;
+    * a local directory (``datasets.load_dataset(DIR)``, or ``load_from_disk`` for a ``save_to_disk``
+      directory) or a ``datasets`` hub name, as ``NAME`` (split ``train``) or ``NAME@SPLIT``.
+
+    ``columns`` maps our field names to the source's column names (``{"prompt": "question"}``); the mapped
+    columns are renamed before validation and the other columns kept. A mapped column missing from the
+    source is a :class:`DataError` naming the columns it has.
 
     ``validate(row)`` returns ``None`` for a good row or a message saying what is wrong with it; all the bad
-    rows are reported together in one :class:`DataError`. ``keep(row)`` filters good rows (for example by
-    licence). Returns ``(line_number, row)`` pairs.
+    rows are reported together in one :class:`DataError` (``FILE:LINE: problem`` or ``FILE:row N: problem``).
+    ``keep(row)`` filters good rows (for example by licence). Returns ``(number, row)`` pairs: line numbers
+    (``int``) for JSON Lines, 1-based row indexes (:class:`RowNumber`) otherwise.
     """
+    columns = _check_mapping(columns)
+    source = str(path)
+    kind, target, split = _source(path)
+    values: Iterable[tuple[int, Any]] | None = None
+    if kind == "json":
+        values = _json_values(target, source)
+    elif kind in ("file", "dataset"):
+        values = _dataset_values(source, _load_dataset(source, target, split), columns)
+    if values is None:
+        values = iter_jsonl(target)
+    if columns and kind in ("jsonl", "json"):
+        values = list(values)
+        present: dict[str, None] = {}
+        for _, value in values:
+            if isinstance(value, dict):
+                present.update(dict.fromkeys(value))
+        _check_present(source, columns, present)
+
     problems: list[Problem] = []
     rows: list[tuple[int, dict]] = []
-    for number, value in iter_jsonl(path):
+    for number, value in values:
         if not isinstance(value, dict):
-            problems.append(Problem(str(path), number, f"expected a JSON object, got {type(value).__name__}"))
+            problems.append(Problem(source, number, f"expected a JSON object, got {type(value).__name__}"))
             continue
+        value = _rename(value, columns)
         message = validate(value)
         if message:
-            problems.append(Problem(str(path), number, message))
+            problems.append(Problem(source, number, message))
         elif keep is None or keep(value):
             rows.append((number, value))
     raise_problems(problems)

@@ -155,16 +155,49 @@ def critic_values(critic, rollout: Rollout) -> torch.Tensor:
     return values[:, q - 1 : -1]
 
 
+def _scatter_rows(out: torch.Tensor | None, rows: torch.Tensor, part: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Write ``part`` (len(rows), r') into rows ``rows`` of a zero (b, r) tensor (created on first use)."""
+    if out is None:
+        out = part.new_zeros(shape)
+    out[rows, : part.shape[1]] = part
+    return out
+
+
 @torch.no_grad()
-def score_rollout(rollout: Rollout, *, reference, critic, reward_model, temperature: float, missing_eos_penalty: float | None) -> Rollout:
+def score_rollout(rollout: Rollout, *, reference, critic, reward_model, temperature: float, missing_eos_penalty: float | None,
+                  policy=None, chunks: list[torch.Tensor] | None = None) -> Rollout:
     """Fill in the policy and reference log-probs, the critic's values (unless ``critic`` is ``None``: validation
-    needs none) and the reward model's scores. The policy's log-probs and entropy come from the logits kept while
-    sampling: no second policy pass."""
-    rollout.logprobs, rollout.entropy = logprobs_from_logits(rollout.generation_logits, rollout.response, temperature, entropy=True)
+    needs none) and the reward model's scores.
+
+    The policy's log-probs come from the logits kept while sampling (no second policy pass) unless ``policy`` is
+    given: then they are recomputed with one forward pass. Sampling logits equal a forward pass in float32 (to
+    1e-6), not under bf16 autocast or in bf16 weights, where the KV-cache path and a full pass round differently and
+    the first PPO minibatch would start with a ratio that is not 1.
+
+    ``chunks``: row index tensors (the first PPO epoch's minibatches). Reference, critic and the recomputed policy
+    then run per chunk, with the chunk's padding trimmed exactly as the update trims it, so that the update's first
+    forward pass on a minibatch repeats the same computation, in bf16 too (same shapes, same kernels)."""
+    b, r = rollout.response.shape
+    if policy is None:
+        rollout.logprobs, rollout.entropy = logprobs_from_logits(rollout.generation_logits, rollout.response, temperature, entropy=True)
     rollout.generation_logits = None
-    rollout.ref_logprobs = logprobs_from_logits(response_logits(reference, rollout), rollout.response, temperature)
-    if critic is not None:
-        rollout.values = critic_values(critic, rollout)
+    chunks = chunks if chunks is not None else [torch.arange(b)]
+    padding = rollout.padding()
+    logprobs = entropy = ref_logprobs = values = None
+    for rows in chunks:
+        index = rows.to(rollout.response.device)
+        part, _ = rollout.select(index).trimmed(padding[:, rows])
+        if policy is not None:
+            lp, ent = logprobs_from_logits(response_logits(policy, part), part.response, temperature, entropy=True)
+            logprobs = _scatter_rows(logprobs, index, lp, (b, r))
+            entropy = _scatter_rows(entropy, index, ent, (b, r))
+        ref_lp = logprobs_from_logits(response_logits(reference, part), part.response, temperature)
+        ref_logprobs = _scatter_rows(ref_logprobs, index, ref_lp, (b, r))
+        if critic is not None:
+            values = _scatter_rows(values, index, critic_values(critic, part), (b, r))
+    if policy is not None:
+        rollout.logprobs, rollout.entropy = logprobs, entropy
+    rollout.ref_logprobs, rollout.values = ref_logprobs, values
     rollout.rm_scores = reward_model(rollout.input_ids, rollout.attention_mask)
     rollout.scores = rollout.rm_scores.clone()
     if missing_eos_penalty is not None:

@@ -13,7 +13,7 @@ from lit_instruct.batching import LMCollator
 from lit_instruct.lm import CausalLMModule
 from lit_instruct.models import load_tokenizer
 from lit_instruct.objectives import IGNORE_INDEX
-from lit_instruct.prompts import DEFAULT_TEMPLATE, format_prompt, format_response
+from lit_instruct.prompts import DEFAULT_TEMPLATE, ChatTemplateMode, PromptFormat, check_prompt_field, prompt_key
 from lit_instruct.records import DataError, Problem, check_text_fields, raise_problems, read_rows, split
 from lit_instruct import bundled
 
@@ -39,16 +39,18 @@ class EncodeStats:
 
 
 def encode_demonstration(
-    tokenizer, prompt: str, response: str, max_length: int, template: str = DEFAULT_TEMPLATE, min_response_tokens: int = 1
+    tokenizer, prompt, response: str, max_length: int, template: "str | PromptFormat" = DEFAULT_TEMPLATE, min_response_tokens: int = 1
 ) -> tuple[list[int], list[int], bool] | str:
-    """Token ids and labels of one demonstration: ``format_prompt(prompt) + format_response(response) + EOS``.
+    """Token ids and labels of one demonstration: ``fmt.prompt(prompt) + fmt.response(response) + EOS``, with
+    ``fmt`` the :class:`~lit_instruct.prompts.PromptFormat` (a text template given as a string is one).
 
     Labels are :data:`IGNORE_INDEX` on the prompt, so the loss covers the response and its EOS. A response that
     does not fit is cut at ``max_length`` (the third value says so). Returns a message instead when the prompt
     leaves fewer than ``min_response_tokens`` tokens of room.
     """
-    prompt_ids = tokenizer(format_prompt(prompt, template), add_special_tokens=False)["input_ids"]
-    response_ids = tokenizer(format_response(response), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    fmt = template if isinstance(template, PromptFormat) else PromptFormat(template=template)
+    prompt_ids = tokenizer(fmt.prompt(prompt), add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(fmt.response(response), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     room = max_length - len(prompt_ids)
     if room < min(min_response_tokens, len(response_ids)):
         return f"prompt is {len(prompt_ids)} tokens, leaving {max(room, 0)} of the {max_length}-token context for the response"
@@ -58,17 +60,23 @@ def encode_demonstration(
 
 
 class SFTDataModule(L.LightningDataModule):
-    """Demonstrations ``{"prompt", "response"}`` (JSONL), formatted with the prompt template, loss on responses.
+    """Demonstrations ``{"prompt", "response"}``, formatted with the chat template or the prompt template, loss on
+    responses.
 
     Args:
-        train_file: JSONL of demonstrations; ``bundled:sft.jsonl`` is the bundled set
-            (``bundled:sft_permissive.jsonl`` the Apache/MIT-only one).
-        val_file: JSONL for validation; ``None`` splits ``train_file`` deterministically by prompt.
+        train_file: Demonstrations: JSONL, JSON, Parquet, Arrow or CSV, a dataset directory or a ``datasets`` name
+            (``NAME`` or ``NAME@SPLIT``); ``bundled:sft.jsonl`` is the bundled set (``bundled:sft_permissive.jsonl``
+            the Apache/MIT-only one). A prompt is a string or a list of ``{"role", "content"}`` messages.
+        val_file: The same for validation; ``None`` splits ``train_file`` deterministically by prompt.
+        columns: The file's column names for our fields, e.g. ``{prompt: question, response: answer}``.
         val_fraction: Share of prompts held out when ``val_file`` is ``None``.
         split_seed: Seed of the deterministic split.
         only_permissive: Keep only rows whose ``license`` is Apache-2.0 or MIT.
         prompt_template: Template for single-turn prompts (must contain ``{prompt}``); multi-turn prompts
-            (``Human: ...``) are kept and get ``\\n\\nAssistant:`` appended.
+            (``Human: ...``) are kept and get ``\\n\\nAssistant:`` appended. Used when no chat template applies.
+        chat_template: ``"auto"``: the tokenizer's chat template when it has one (prompts, multi-turn ones
+            included, go through ``apply_chat_template``), else ``prompt_template``; ``"always"``: require one;
+            ``"never"``: always ``prompt_template``.
         max_length: Longest sequence in tokens; ``None`` uses the model's context length.
         min_response_tokens: A row whose prompt leaves less room than this for its response is over-long.
         overlong: What to do with over-long rows: ``"skip"`` (counted and logged) or ``"error"``.
@@ -82,10 +90,12 @@ class SFTDataModule(L.LightningDataModule):
         self,
         train_file: str = "bundled:sft.jsonl",
         val_file: Optional[str] = None,
+        columns: Optional[dict[str, str]] = None,
         val_fraction: float = 0.05,
         split_seed: int = 0,
         only_permissive: bool = False,
         prompt_template: str = DEFAULT_TEMPLATE,
+        chat_template: ChatTemplateMode = "auto",
         max_length: Optional[int] = None,
         min_response_tokens: int = 8,
         overlong: Literal["skip", "error"] = "skip",
@@ -105,22 +115,21 @@ class SFTDataModule(L.LightningDataModule):
     def read(self) -> tuple[list[tuple[int, dict]], list[tuple[int, dict]], str]:
         """Validated rows of the train and validation splits (``(line, row)``), and the validation file's name."""
         h = self.hparams
-        validate = lambda row: check_text_fields(row, ("prompt", "response"))  # noqa: E731
+        validate = lambda row: check_prompt_field(row) or check_text_fields(row, ("response",))  # noqa: E731
         keep = (lambda row: bundled.is_permissive(row.get("license"))) if h.only_permissive else None
-        rows = read_rows(h.train_file, validate, keep=keep)
+        rows = read_rows(h.train_file, validate, keep=keep, columns=h.columns)
         if h.val_file:
-            return rows, read_rows(h.val_file, validate, keep=keep), h.val_file
-        train, val = split(rows, lambda r: r[1]["prompt"], h.val_fraction, h.split_seed)
+            return rows, read_rows(h.val_file, validate, keep=keep, columns=h.columns), h.val_file
+        train, val = split(rows, lambda r: prompt_key(r[1]["prompt"]), h.val_fraction, h.split_seed)
         return train, val, h.train_file
 
     def encode(self, rows, path: str, max_length: int) -> tuple[list[dict], EncodeStats]:
         h = self.hparams
         stats = EncodeStats()
         examples = []
+        fmt = self.prompt_format()
         for line, row in rows:
-            result = encode_demonstration(
-                self.tokenizer, row["prompt"], row["response"], max_length, h.prompt_template, h.min_response_tokens
-            )
+            result = encode_demonstration(self.tokenizer, row["prompt"], row["response"], max_length, fmt, h.min_response_tokens)
             if isinstance(result, str):
                 stats.skipped.append(Problem(str(path), line, result))
                 continue
@@ -164,11 +173,15 @@ class SFTDataModule(L.LightningDataModule):
         )
         if not self.train_examples or not self.val_examples:
             raise DataError(f"{self.hparams.train_file}: no rows left after skipping over-long ones")
-        self.val_prompts = [format_prompt(e["prompt"], self.hparams.prompt_template) for e in self.val_examples]
+        self.val_prompts = [fmt.prompt(e["prompt"]) for e in self.val_examples] if (fmt := self.prompt_format()) else []
         self.stats = {"train": train_stats, "val": val_stats}
 
     def sample_prompts(self, n: int) -> list[str]:
         return self.val_prompts[:n]
+
+    def prompt_format(self) -> PromptFormat:
+        """How prompts become model input with this data's settings and tokenizer."""
+        return PromptFormat.from_tokenizer(self.tokenizer, self.hparams.prompt_template, self.hparams.chat_template)
 
     def _loader(self, examples: list[dict], shuffle: bool) -> DataLoader:
         collate = LMCollator(self.tokenizer.pad_token_id, self.hparams.pad_to_multiple_of)

@@ -53,6 +53,25 @@ class Stage(L.LightningModule):
         """The module whose parameters the optimizer updates."""
         raise NotImplementedError
 
+    def trained_modules(self) -> list[torch.nn.Module]:
+        """Modules that train: put in train mode at the start of fit (dropout and gradient checkpointing on)."""
+        return [self.trained_module()]
+
+    def frozen_modules(self) -> list[torch.nn.Module]:
+        """Modules that never train: kept in eval mode."""
+        return []
+
+    def set_train_modes(self) -> None:
+        """Trained modules in train mode, frozen ones in eval mode.
+
+        Hugging Face's ``from_pretrained`` returns a model in eval mode and Lightning (2.6) no longer calls
+        ``.train()`` when fit starts, so without this a loaded model would train with its dropout and gradient
+        checkpointing silently off. (Lightning's validation loop restores these modes after each validation.)"""
+        for module in self.trained_modules():
+            module.train()
+        for module in self.frozen_modules():
+            module.eval()
+
     def configure_optimizers(self) -> dict[str, Any]:
         """The optimizer over :meth:`trained_module`, with linear warm-up then cosine decay to ``min_lr_ratio``."""
         optimizer = self.optimizer_factory(parameter_groups(self.trained_module()))
@@ -71,9 +90,17 @@ class Stage(L.LightningModule):
         """The module to export (it must have ``save_pretrained(dir, state_dict=...)``) and its tokenizer."""
         raise NotImplementedError
 
+    def setup(self, stage: str) -> None:
+        """Record how the data formats prompts (stored in the export, checked where two models must agree)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None and hasattr(datamodule, "prompt_format"):
+            self.prompt_format_description = datamodule.prompt_format().describe()
+
+    prompt_format_description: Optional[dict] = None
+
     def export_metadata(self) -> dict:
         """Extra entries for ``lit_instruct.json``."""
-        return {}
+        return {"prompt_format": self.prompt_format_description} if self.prompt_format_description else {}
 
     def prepare_export_from_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Finish what ``on_fit_end`` would have done before exporting a converted checkpoint (default: nothing)."""
@@ -81,8 +108,17 @@ class Stage(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lit_instruct"] = {"class_path": class_path(self), "stage": self.stage}
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Checkpoints from before the reward shift became a float (and the reward head lost its always-zero bias)
+        still load."""
+        state = checkpoint.get("state_dict", {})
+        own = self.state_dict()
+        for key in [k for k in state if k not in own and (k.endswith("reward_shift") or k.endswith("head.bias"))]:
+            state.pop(key)
+
     def on_fit_start(self) -> None:
         self._fit_start = time.perf_counter()
+        self.set_train_modes()
 
     def fit_metrics(self) -> dict[str, float]:
         """Final logged scalars, the fit's wall time and its throughput (also printed)."""
@@ -112,12 +148,13 @@ class Stage(L.LightningModule):
         strategy = trainer.strategy if trainer is not None else None
         model, tokenizer = self.export_target()
         state_dict = export_lib.full_state_dict(model, strategy)
+        dtype = self.hparams.get("export_dtype") or "float32"
         out = Path(out_dir)
         if strategy is None or strategy.global_rank == 0:
-            metadata = {"stage": self.stage, "class_path": class_path(self), "hparams": dict(self.hparams)}
+            metadata = {"stage": self.stage, "class_path": class_path(self), "hparams": dict(self.hparams), "dtype": dtype}
             metadata.update(self.export_metadata())
             metadata.update(extra or {})
-            export_lib.save_export(model, tokenizer, out, metadata, state_dict=state_dict)
+            export_lib.save_export(model, tokenizer, out, metadata, state_dict=state_dict, dtype=dtype)
             rank_zero_info(f"[{self.stage}] exported to {out}")
         if strategy is not None:
             strategy.barrier("export")

@@ -55,7 +55,7 @@ def test_residual_dropout_maps_to_each_architecture(tmp_path, tokenizer):
     disable_dropout(model)
     assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
     save_hf_dir(tmp_path / "llama", "llama", tokenizer)
-    with pytest.raises(ValueError, match="cannot set residual dropout on model type 'llama'"):
+    with pytest.raises(ValueError, match="cannot set residual dropout 0.2 on model type .llama.: this architecture has no residual dropout"):
         load_causal_lm(str(tmp_path / "llama"), tokenizer, residual_dropout=0.2)
 
 

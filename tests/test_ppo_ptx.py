@@ -23,7 +23,7 @@ def exports(tmp_path_factory, tokenizer):
     L.Trainer(accelerator="cpu", max_steps=30, limit_val_batches=0, logger=False, enable_checkpointing=False,
               enable_progress_bar=False, default_root_dir=tmp).fit(sft, SFTDataModule(batch_size=8, max_length=64))
     rm = RewardModel.from_causal_lm(str(tmp / "sft"), tokenizer)
-    rm.reward_shift.fill_(0.1)
+    rm.reward_shift = 0.1
     rm.normalization = {"shift": 0.1, "rows": 0}
     save_export(rm, tokenizer, tmp / "rm", {"stage": "reward", "normalization": rm.normalization})
     return tmp

@@ -56,11 +56,11 @@ def test_long_response_is_cut_but_never_dropped_whole(tokenizer):
 
 
 def test_batch_loss_is_the_hand_computed_loss_over_response_tokens(tokenizer, tmp_path):
-    """The loss mask: with padding (pad == EOS here), only response tokens and their EOS count."""
+    """The loss mask: with padding by EOS (what a tokenizer without a pad token gets), only response tokens and
+    their EOS count."""
     dm = make_dm(tokenizer, write_jsonl(tmp_path / "d.jsonl", good_rows()))
     examples = dm.train_examples[:3]
-    batch = LMCollator(tokenizer.pad_token_id)(examples)
-    assert tokenizer.pad_token_id == tokenizer.eos_token_id  # the embedded tokenizer has no pad token of its own
+    batch = LMCollator(tokenizer.eos_token_id)(examples)
     assert (batch["attention_mask"] == 0).any()  # there is padding
     torch.manual_seed(0)
     logits = torch.randn(*batch["input_ids"].shape, len(tokenizer), dtype=torch.float64)
@@ -108,7 +108,7 @@ def test_bundled_permissive_subset_is_all_permissive():
         ([], "file is empty"),
         (['{"prompt": "a", "response": "b"}', "{not json"], r":2: not valid JSON"),
         (['{"prompt": "a", "response": "b"}', '{"prompt": "a"}'], r":2: missing field 'response'"),
-        (['{"prompt": 3, "response": "b"}'], r":1: field 'prompt' must be a string, got int"),
+        (['{"prompt": 3, "response": "b"}'], r":1: field 'prompt' must be a string or a list of messages, got int"),
         (['{"prompt": "a", "response": "b"}'] * 3 + ['{"prompt": "a", "response": "  "}'], r":4: field 'response' is empty"),
         (['["a", "b"]'], r":1: expected a JSON object, got list"),
     ],
@@ -145,6 +145,7 @@ def test_tokenizer_without_pad_token_gets_eos(tmp_path):
     from lit_instruct.models import load_tokenizer, train_embedded_tokenizer
 
     tok = train_embedded_tokenizer(300)
+    tok.pad_token = None  # as GPT-2, Pythia and Llama-3 tokenizers ship
     tok.save_pretrained(tmp_path / "tok")
     assert AutoTokenizer.from_pretrained(tmp_path / "tok").pad_token is None
     loaded = load_tokenizer(str(tmp_path / "tok"))
