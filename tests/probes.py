@@ -1,0 +1,84 @@
+"""A callback that watches a stage from inside its training steps (used by the conformance suite through the CLI).
+
+It records, for every training step: the mode of every trained and frozen module during the forward passes that
+build gradients; whether dropout is live (two train-mode forwards of the trained model on the same batch differ);
+how many times the first transformer layer of the trained model runs inside backward (gradient checkpointing
+recomputes it there, nothing else does); and PPO's first-minibatch and KL metrics.
+"""
+
+from __future__ import annotations
+
+import torch
+import lightning as L
+
+
+def first_layer(model: torch.nn.Module) -> torch.nn.Module:
+    """The first submodule of the first transformer block of a Hugging Face model. Gradient checkpointing wraps the
+    block and recomputes its ``forward`` in backward without going through the block's own hooks, so the probe
+    watches a module the block calls."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    for module in model.modules():
+        if isinstance(module, GradientCheckpointingLayer):
+            return next(module.children())
+    raise AssertionError(f"no transformer layer found in {type(model).__name__}")
+
+
+class StageProbe(L.Callback):
+    """Records what each training step looked like; the test asserts on ``probe.record``."""
+
+    def __init__(self) -> None:
+        self.record: dict = {"trained_modes": set(), "frozen_modes": set(), "recomputed_layer_calls": 0,
+                             "backward_passes": 0, "dropout_live": None, "ratio_error": [], "approxkl": [], "kl": [],
+                             "steps": 0}
+        self._in_backward = False
+        self._handles = []
+
+    # ------------------------------------------------------------------ hooks on the modules
+    def on_train_start(self, trainer, pl_module) -> None:
+        for module in pl_module.trained_modules():
+            self._handles.append(module.register_forward_pre_hook(self._trained_forward))
+            layer = first_layer(module)
+            self._handles.append(layer.register_forward_pre_hook(self._layer_forward))
+        for module in pl_module.frozen_modules():
+            self._handles.append(module.register_forward_pre_hook(self._frozen_forward))
+
+    def _trained_forward(self, module, args) -> None:
+        if torch.is_grad_enabled():  # a forward pass that trains (rollouts run under no_grad, in eval mode)
+            self.record["trained_modes"].update(m.training for m in module.modules())
+
+    def _frozen_forward(self, module, args) -> None:
+        self.record["frozen_modes"].update(m.training for m in module.modules())
+
+    def _layer_forward(self, module, args) -> None:
+        if self._in_backward:
+            self.record["recomputed_layer_calls"] += 1
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        self._in_backward = True
+        self.record["backward_passes"] += 1
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        self._in_backward = False
+
+    # ------------------------------------------------------------------ per step
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.record["dropout_live"] is None and isinstance(batch, dict) and "input_ids" in batch:
+            model = pl_module.trained_module()
+            with torch.no_grad():
+                ids, mask = batch["input_ids"][:2], batch["attention_mask"][:2]
+                outputs = [pl_module(ids, mask) if hasattr(pl_module, "model") else pl_module.rm(ids, mask) for _ in range(2)]
+            self.record["dropout_live"] = not torch.equal(outputs[0], outputs[1])
+            assert model.training
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.record["steps"] += 1
+        metrics = trainer.callback_metrics
+        if "policy/first_minibatch_ratio_error" in metrics:
+            self.record["ratio_error"].append(float(metrics["policy/first_minibatch_ratio_error"]))
+            self.record["approxkl"].append(float(metrics["policy/first_minibatch_approxkl"]))
+            self.record["kl"].append(float(metrics["objective/kl"]))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        for handle in self._handles:
+            handle.remove()
