@@ -11,6 +11,7 @@ if not _torch.cuda.is_available():
 from lit_instruct.base import BaseDataModule, BaseModule
 from lit_instruct.models import TinyConfig
 from lit_instruct.ppo_ptx import PPOPtxDataModule, PPOPtxModule
+from lit_instruct.prompts import PromptFormat
 from lit_instruct.reward import RewardDataModule, RewardModel, RewardModule
 from lit_instruct.sft import SFTDataModule, SFTModule
 from lit_instruct.strategies import CPUDeepSpeedStrategy
@@ -23,6 +24,7 @@ __all__ = [
     "CPUDeepSpeedStrategy",
     "PPOPtxDataModule",
     "PPOPtxModule",
+    "PromptFormat",
     "RewardDataModule",
     "RewardModel",
     "RewardModule",

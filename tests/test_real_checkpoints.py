@@ -433,3 +433,28 @@ def test_export_in_the_asked_dtype(tmp_path):
     assert {p.dtype for p in model.parameters()} == {BF16}
     for name, p in module.model.state_dict().items():  # the weights are the model's, rounded to bf16
         assert torch.equal(model.state_dict()[name], p.to(BF16)), name
+
+
+def test_reward_exports_of_the_earlier_format_still_load(tokenizer, tmp_path):
+    """Before the sequence-classification format an export was the backbone (``AutoModel``) plus
+    ``reward_head.safetensors`` (head weight and bias, and the shift as a tensor). Such exports still load and score
+    the same: the head's bias joins the shift."""
+    from safetensors.torch import save_file
+    from transformers import GPT2Model
+
+    from lit_instruct.models import embedded_config
+    from lit_instruct.reward import LEGACY_HEAD_FILE
+
+    torch.manual_seed(0)
+    backbone = GPT2Model(embedded_config(tokenizer))
+    backbone.save_pretrained(tmp_path / "old")
+    tokenizer.save_pretrained(tmp_path / "old")
+    weight, bias, shift = torch.randn(1, backbone.config.hidden_size), torch.tensor([0.25]), torch.tensor(-0.5)
+    save_file({"head.weight": weight, "head.bias": bias, "reward_shift": shift}, tmp_path / "old" / LEGACY_HEAD_FILE)
+    (tmp_path / "old" / "lit_instruct.json").write_text(json.dumps({"stage": "reward", "normalization": {"shift": -0.5, "rows": 4}}))
+    rm = RewardModel.from_pretrained(tmp_path / "old")
+    assert rm.reward_shift == pytest.approx(-0.25)
+    ids = torch.tensor([[5, 6, 7, tokenizer.eos_token_id]])
+    with torch.no_grad():
+        expected = (backbone.eval()(input_ids=ids).last_hidden_state[0, -1] @ weight[0]) + bias[0] + shift
+        torch.testing.assert_close(rm(ids, torch.ones_like(ids))[0], expected, rtol=1e-5, atol=1e-5)
