@@ -44,13 +44,23 @@ def _has_omegaconf() -> bool:
 
 
 def export_main(argv: list[str]) -> None:
-    from lit_instruct.export import export_checkpoint
+    """``lit-instruct export CHECKPOINT --out DIR``. A damaged, unsafe or foreign checkpoint, or an ``--out`` that
+    is not an earlier export, ends with one line on stderr and exit status 1 (``LIT_INSTRUCT_DEBUG=1``: traceback)."""
+    import os
+
+    from lit_instruct.export import CheckpointError, ExportError, export_checkpoint
 
     parser = argparse.ArgumentParser(prog="lit-instruct export", description=TOOLS["export"])
     parser.add_argument("checkpoint", help="a .ckpt file, or the folder DeepSpeed ZeRO writes")
-    parser.add_argument("--out", required=True, help="directory of the Hugging Face export")
+    parser.add_argument("--out", required=True, help="directory of the Hugging Face export: new, empty, or an earlier export")
     args = parser.parse_args(argv)
-    print(export_checkpoint(args.checkpoint, args.out))
+    try:
+        print(export_checkpoint(args.checkpoint, args.out))
+    except (CheckpointError, ExportError) as err:
+        if os.environ.get("LIT_INSTRUCT_DEBUG"):
+            raise
+        print(f"lit-instruct export: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def main(argv: list[str] | None = None) -> None:
