@@ -212,8 +212,8 @@ class RewardModel(nn.Module):
         state_dict = state_dict if state_dict is not None else self.state_dict()
         seq_cls = sequence_classification_class(self.backbone.config)
         prefix = seq_cls.base_model_prefix
-        tensors = {f"{prefix}.{k[len('backbone.'):]}": v.contiguous() for k, v in state_dict.items() if k.startswith("backbone.")}
-        tensors["score.weight"] = state_dict["head.weight"].contiguous()
+        tensors = {f"{prefix}.{k[len('backbone.'):]}": _own_storage(v) for k, v in state_dict.items() if k.startswith("backbone.")}
+        tensors["score.weight"] = _own_storage(state_dict["head.weight"])
         if "head.bias" in state_dict:  # a critic's head: its bias joins the shift (the format's score has no bias)
             raise ValueError("a value head with a bias is not a reward model export")
         config = copy.deepcopy(self.backbone.config)
@@ -267,6 +267,13 @@ class RewardModel(nn.Module):
             mask = pad([[1] * len(r) for r in rows], 0).to(device)
             out.append(self(input_ids, mask).cpu())
         return torch.cat(out)
+
+
+def _own_storage(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` as a contiguous tensor that owns its storage (DeepSpeed's parameters are views into one flat
+    buffer, which safetensors refuses to write)."""
+    tensor = tensor.detach().contiguous()
+    return tensor if tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size() else tensor.clone()
 
 
 def is_reward_model_dir(path: str | Path) -> bool:
