@@ -8,6 +8,7 @@ pretraining sequences whose LM loss, times ``ptx_coef``, joins the same update. 
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 import warnings
@@ -230,12 +231,20 @@ class PPOPtxDataModule(L.LightningDataModule):
         world = self.trainer.world_size if self.trainer is not None else 1
         stream = PromptStream(self.train_prompts, self.hparams.rollout_batch_size, self.hparams.seed, rank, world)
         stream.start = self.consumed_rollouts
-        return DataLoader(stream, batch_size=None)
+        return DataLoader(stream, batch_size=None, generator=torch.Generator())  # leaves the global stream alone
 
-    def val_dataloader(self) -> list[DataLoader]:
-        prompts = DataLoader(self.val_prompts, batch_size=self.hparams.val_batch_size, collate_fn=list)
-        blocks = DataLoader(self.val_blocks, batch_size=self.hparams.val_batch_size, collate_fn=LMCollator(self.tokenizer.pad_token_id))
-        return [prompts, blocks]
+    def val_dataloader(self) -> DataLoader:
+        """One loader (so that validation's metrics print once): batch ``i`` holds the ``i``-th batch of held-out
+        prompts (``"prompts"``, scored by a rollout) and of held-out pretraining blocks (``"blocks"``, the LM loss),
+        either ``None`` once its list has run out."""
+        size = self.hparams.val_batch_size
+        prompts = [self.val_prompts[i : i + size] for i in range(0, len(self.val_prompts), size)]
+        collate = LMCollator(self.tokenizer.pad_token_id)
+        blocks = [collate(self.val_blocks[i : i + size]) for i in range(0, len(self.val_blocks), size)]
+        batches = [{"prompts": p, "blocks": b} for p, b in itertools.zip_longest(prompts, blocks)]
+        # Its own generator: creating a loader's iterator otherwise draws a seed from the global stream, and
+        # validation would shift what training samples next (a resumed run would then differ from an uninterrupted one).
+        return DataLoader(batches, batch_size=None, collate_fn=lambda batch: batch, generator=torch.Generator())
 
 
 # ====================================================================== module
@@ -296,6 +305,8 @@ class PPOPtxModule(Stage):
         export_dir: Where the policy export is written; ``None``: ``<default_root_dir>/export``.
         num_sample_prompts: Validation responses logged as a table (next to the SFT reference's).
         val_max_new_tokens: Longest response at validation (``None``: ``max_new_tokens``).
+        val_seed: Seed of validation's sampling (its own stream: validations are comparable and do not disturb
+            training's).
     """
 
     stage = "ppo_ptx"
@@ -343,6 +354,7 @@ class PPOPtxModule(Stage):
         export_dir: Optional[str] = None,
         num_sample_prompts: int = 4,
         val_max_new_tokens: Optional[int] = None,
+        val_seed: int = 1234,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -498,6 +510,7 @@ class PPOPtxModule(Stage):
         return self.hparams.total_episodes is not None and self.episodes >= self.hparams.total_episodes
 
     def on_train_batch_start(self, batch, batch_idx: int) -> Optional[int]:
+        super().on_train_batch_start(batch, batch_idx)  # random-number states after a resume
         if self._done():  # e.g. resumed from a run that had already finished
             self.trainer.should_stop = True
             return -1
@@ -609,23 +622,32 @@ class PPOPtxModule(Stage):
         return {**{k: v / count for k, v in sums.items()}, **first}
 
     # ------------------------------------------------------------------ validation: reward, KL, alignment tax
-    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if dataloader_idx == 0:
-            h = self.hparams
-            rollout = self.rollout(batch, h.val_max_new_tokens or h.max_new_tokens, values=False, policy=self.evaluated_policy())
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Held-out prompts: RM score, KL to the reference and length of the evaluated policy's responses. Held-out
+        pretraining blocks: its LM loss (the alignment tax)."""
+        h = self.hparams
+        policy = self.evaluated_policy()
+        if batch["prompts"]:
+            # Validation samples from its own random stream, the same at every validation (seeded by the batch):
+            # two validations of one policy give the same responses, and training's stream is left as it was, so a
+            # resumed run trains exactly as an uninterrupted one whatever validations ran in between.
+            devices = [torch.cuda.current_device()] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(h.val_seed + batch_idx)
+                rollout = self.rollout(batch["prompts"], h.val_max_new_tokens or h.max_new_tokens, values=False, policy=policy)
             mask = rollout.response_mask.float()
             self.val_score.update(rollout.scores)
             self.val_kl.update(((rollout.logprobs - rollout.ref_logprobs) * mask).sum(1))
             self.val_length.update(mask.sum(1))
-            if batch_idx == 0 and self.hparams.num_sample_prompts > 0:
-                k = self.hparams.num_sample_prompts
+            if batch_idx == 0 and h.num_sample_prompts > 0:
+                k = h.num_sample_prompts
                 texts = self.tokenizer.batch_decode(rollout.query[:k], skip_special_tokens=True)
                 responses = self.tokenizer.batch_decode(rollout.response[:k], skip_special_tokens=True)
                 self._val_samples = [[self.global_step, p, r, float(s)] for p, r, s in zip(texts, responses, rollout.scores[:k])]
-        else:
-            policy = self.evaluated_policy()
-            logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-            self.val_pretrain_loss.update(lm_loss(logits, batch["labels"]), weight=batch["input_ids"].numel())
+        if batch["blocks"] is not None:
+            blocks = batch["blocks"]
+            logits = policy(input_ids=blocks["input_ids"], attention_mask=blocks["attention_mask"], use_cache=False).logits
+            self.val_pretrain_loss.update(lm_loss(logits, blocks["labels"]), weight=blocks["input_ids"].numel())
 
     def on_validation_epoch_end(self) -> None:
         self.log("val/score", self.val_score.compute(), prog_bar=True, sync_dist=True)
