@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from torchmetrics import MeanMetric
 
 from lit_instruct import bundled
-from lit_instruct.base import pack_documents, pretrain_split
+from lit_instruct.base import check_blocks, pack_documents, pretrain_split
 from lit_instruct.batching import LMCollator, pad
 from lit_instruct.loggers import log_table
 from lit_instruct.models import disable_dropout as turn_off_dropout
@@ -43,7 +43,7 @@ from lit_instruct.objectives import (
 )
 from lit_instruct.export import read_metadata
 from lit_instruct.prompts import DEFAULT_TEMPLATE, ChatTemplateMode, PromptFormat, check_prompt_field, prompt_key
-from lit_instruct.records import DataError, Problem, check_text_fields, raise_problems, read_rows, split
+from lit_instruct.records import DataError, Problem, check_range, check_text_fields, raise_problems, read_rows, split
 from lit_instruct.reward import RewardModel
 from lit_instruct.rollout import Rollout, critic_values, generate, logprobs_from_logits, response_logits, score_rollout
 from lit_instruct.stage import Stage
@@ -136,6 +136,14 @@ class PPOPtxDataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        check_range("data.val_fraction", val_fraction, 0, below=1)
+        check_range("data.max_prompt_tokens", max_prompt_tokens, 1)
+        check_range("data.rollout_batch_size", rollout_batch_size, 1)
+        check_range("data.max_val_prompts", max_val_prompts, 1)
+        check_range("data.val_batch_size", val_batch_size, 1)
+        check_range("data.pretrain_val_fraction", pretrain_val_fraction, 0, below=1)
+        check_range("data.ptx_block_size", ptx_block_size, 2)
+        check_range("data.max_val_pretrain_blocks", max_val_pretrain_blocks, 1)
         self.save_hyperparameters()
         self.tokenizer = None
         self.train_prompts: list[list[int]] = []
@@ -160,7 +168,8 @@ class PPOPtxDataModule(L.LightningDataModule):
                     "policy / reward model: lower one of them"
                 )
             self.check_formats(module)
-        self.prepare()
+        hp = module.hparams if module is not None else {}
+        self.prepare(needs_ptx=hp.get("ptx_coef", 1) > 0 and hp.get("ptx_examples_per_episode", 1) > 0)
 
     def prompt_format(self) -> PromptFormat:
         """How prompts become model input with this data's settings and tokenizer."""
@@ -179,8 +188,10 @@ class PPOPtxDataModule(L.LightningDataModule):
             PromptFormat.check_same(ours, policy_format, "PPO's prompts (data.prompt_template / data.chat_template)",
                                     f"the policy's SFT at {module.hparams.policy_name_or_path}")
 
-    def prepare(self) -> None:
-        """Read and validate the prompts and the pretraining text (called by :meth:`setup`)."""
+    def prepare(self, needs_ptx: bool = True) -> None:
+        """Read and validate the prompts and the pretraining text (called by :meth:`setup`). The held-out
+        pretraining text must fill one ``ptx_block_size`` block, and so must the training text when the ptx term
+        is on (``needs_ptx``)."""
         h = self.hparams
         keep = (lambda row: bundled.is_permissive(row.get("license"))) if h.only_permissive else None
         rows = read_rows(h.prompts_file, check_prompt_field, keep=keep, columns=h.columns)
@@ -203,6 +214,8 @@ class PPOPtxDataModule(L.LightningDataModule):
         self.ptx_blocks = pack_documents(self.tokenizer, train_docs, h.ptx_block_size)
         random.Random(h.seed).shuffle(self.ptx_blocks)
         self.val_blocks = pack_documents(self.tokenizer, heldout_docs, h.ptx_block_size)[: h.max_val_pretrain_blocks]
+        splits = {"training": self.ptx_blocks, "held-out": self.val_blocks} if needs_ptx else {"held-out": self.val_blocks}
+        check_blocks(h.pretrain_file, splits, h.ptx_block_size, "data.ptx_block_size")
         rank_zero_info(
             f"[ppo_ptx data] {len(self.train_prompts)} train / {len(self.val_prompts)} val prompts from {h.prompts_file} "
             f"({len(skipped)} over-long skipped); {len(self.ptx_blocks)} ptx / {len(self.val_blocks)} held-out pretraining "
