@@ -79,6 +79,14 @@ class LitInstructCLI(LightningCLI):
             print(f"[resume] {ckpt_path}: settings that differ from the checkpoint's (yours are used):\n  "
                   + "\n  ".join(differ), file=sys.stderr, flush=True)
 
+    def instantiate_classes(self) -> None:
+        """Build the classes; an error in a constructor (a missing model directory, bad data settings) comes out as
+        itself, not wrapped by jsonargparse in a dump of the whole namespace."""
+        try:
+            super().instantiate_classes()
+        except Exception as error:
+            raise _root_cause(error) from None
+
     # ------------------------------------------------------------------ run folders
     def before_instantiate_classes(self) -> None:
         subcommand = self.config.get("subcommand")
@@ -119,6 +127,19 @@ class LitInstructCLI(LightningCLI):
                 "start a new run in another folder with --trainer.default_root_dir DIR, or start over here with "
                 "--overwrite true (deletes those checkpoints)"
             )
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The first exception on ``error``'s chain that is not jsonargparse's wrapping (or ``error`` itself)."""
+    seen, cause = {id(error)}, error
+    while True:
+        inner = cause.__cause__ or cause.__context__
+        if inner is None or id(inner) in seen:
+            return cause
+        seen.add(id(inner))
+        cause = inner
+        if not type(cause).__module__.startswith("jsonargparse") and "validate against" not in str(cause):
+            return cause
 
 
 class RunFolderError(ValueError):
