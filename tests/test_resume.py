@@ -98,7 +98,9 @@ def test_a_second_run_into_a_used_folder_stops_and_overwrite_starts_over(exports
     assert "already holds checkpoints of an earlier run" in second.stderr and "--ckpt_path" in second.stderr
     assert "Traceback" not in second.stderr  # one clear message
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["last.ckpt"]
-    again = ppo(exports, tmp_path / "run", "--model.total_episodes", "4", "--overwrite", "true")
+    overlay = tmp_path / "overlay.yaml"  # as the pipeline and a sweep say it for the folders they own
+    overlay.write_text("overwrite: true\n")
+    again = ppo(exports, tmp_path / "run", "--model.total_episodes", "4", "--config", str(overlay))
     assert again.returncode == 0, again.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["last.ckpt"]
 
