@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from lit_instruct.batching import LMCollator
 from lit_instruct.lm import CausalLMModule
 from lit_instruct.models import load_tokenizer
-from lit_instruct.records import DataError, read_documents, split
+from lit_instruct.records import DataError, check_range, read_documents, split
 
 
 class BaseModule(CausalLMModule):
@@ -33,8 +33,17 @@ def pretrain_split(text_file: str = "bundled:pretrain.txt", val_fraction: float 
     docs = read_documents(text_file)
     train, heldout = split(docs, lambda d: d, val_fraction, split_seed)
     if not train or not heldout:
-        raise DataError(f"{text_file}: {len(docs)} documents give an empty train or held-out split at val_fraction={val_fraction}")
+        empty = "training" if not train else "held-out"
+        raise DataError(f"{text_file}: {len(docs)} documents give an empty {empty} split at val_fraction={val_fraction}")
     return train, heldout
+
+
+def check_blocks(text_file: str, blocks: dict[str, list], block_size: int, setting: str) -> None:
+    """A :class:`DataError` naming the file and the split when a split's text does not fill one block."""
+    for name, packed in blocks.items():
+        if not packed:
+            raise DataError(f"{text_file}: the {name} split has too little text for one {block_size}-token block "
+                            f"(add text or lower {setting})")
 
 
 def pack_documents(tokenizer, docs: list[str], block_size: int) -> list[dict]:
@@ -73,6 +82,11 @@ class BaseDataModule(L.LightningDataModule):
         tokenizer_name_or_path: Optional[str] = None,
     ) -> None:
         super().__init__()
+        check_range("data.val_fraction", val_fraction, 0, below=1)
+        check_range("data.block_size", block_size, 2, optional=True)
+        check_range("data.batch_size", batch_size, 1)
+        check_range("data.num_workers", num_workers, 0)
+        check_range("data.num_sample_prompts_tokens", num_sample_prompts_tokens, 1)
         self.save_hyperparameters()
         self.tokenizer = None
         self.train_blocks: list[dict] = []
@@ -91,8 +105,7 @@ class BaseDataModule(L.LightningDataModule):
         train_docs, self.heldout_docs = pretrain_split(h.text_file, h.val_fraction, h.split_seed)
         self.train_blocks = pack_documents(self.tokenizer, train_docs, block)
         self.val_blocks = pack_documents(self.tokenizer, self.heldout_docs, block)
-        if not self.train_blocks or not self.val_blocks:
-            raise DataError(f"{h.text_file}: too little text for one {block}-token block in each split")
+        check_blocks(h.text_file, {"training": self.train_blocks, "held-out": self.val_blocks}, block, "data.block_size")
         rank_zero_info(
             f"[base data] {len(train_docs)} train / {len(self.heldout_docs)} held-out documents from {h.text_file}: "
             f"{len(self.train_blocks)} / {len(self.val_blocks)} blocks of {block} tokens"

@@ -9,7 +9,10 @@ checkpoint (a ZeRO folder included) into a Hugging Face directory.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
@@ -24,8 +27,29 @@ TOOLS = {
 }
 
 
+LIGHTNING_SUBCOMMANDS = {
+    "fit": "train a stage (--config configs/<stage>/<size>.yaml)",
+    "validate": "the validation metrics of a stage's config or checkpoint",
+    "test": "the test metrics of a stage's config or checkpoint",
+    "predict": "Lightning's predict loop",
+}
+CHECKPOINT_CALLBACK = "lightning.pytorch.callbacks.ModelCheckpoint"
+
+
 class LitInstructCLI(LightningCLI):
-    """LightningCLI with any LightningModule / LightningDataModule selectable by ``class_path``."""
+    """LightningCLI with any LightningModule / LightningDataModule selectable by ``class_path``, and three rules of
+    its own:
+
+    - **Run folders follow ``trainer.default_root_dir``.** A ``ModelCheckpoint`` without a ``dirpath`` writes to
+      ``<default_root_dir>/checkpoints``, a logger without a ``save_dir`` to ``<default_root_dir>``, and the export
+      (``model.export_dir`` unset) to ``<default_root_dir>/export``.
+    - **One run per folder.** ``fit`` into a folder whose checkpoints folder already holds checkpoints stops with a
+      message, unless it resumes one (``--ckpt_path``) or is told to start over (``--overwrite true``: the earlier
+      checkpoints are deleted). Lightning would otherwise write ``last-v1.ckpt`` beside the first run's.
+    - **On resume, what you say now wins.** With ``--ckpt_path``, the model is rebuilt from the configs and flags
+      given now and the checkpoint's weights and training state; LightningCLI's default of laying the checkpoint's
+      saved hyper-parameters over them is off. Settings that differ from the checkpoint's are printed.
+    """
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("subclass_mode_model", True)
@@ -33,6 +57,136 @@ class LitInstructCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf"} if _has_omegaconf() else {})
         super().__init__(L.LightningModule, L.LightningDataModule, *args, **kwargs)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--overwrite", type=bool, default=False,
+                            help="fit into a run folder that holds an earlier run's checkpoints: delete them first")
+
+    # ------------------------------------------------------------------ resume: the user's settings win
+    def _parse_ckpt_path(self) -> None:
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        ckpt_path = self.config[subcommand].get("ckpt_path")
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        saved = checkpoint_hyperparameters(ckpt_path)
+        current = _plain(self.config[subcommand].get("model"))
+        current = current.get("init_args", current) if isinstance(current, dict) else {}
+        differ = [f"model.{k}: {saved[k]!r} (checkpoint) -> {current[k]!r} (now)"
+                  for k in sorted(set(saved) & set(current)) if not _same(saved[k], current[k])]
+        if differ:
+            print(f"[resume] {ckpt_path}: settings that differ from the checkpoint's (yours are used):\n  "
+                  + "\n  ".join(differ), file=sys.stderr, flush=True)
+
+    def instantiate_classes(self) -> None:
+        """Build the classes; an error in a constructor (a missing model directory, bad data settings) comes out as
+        itself, not wrapped by jsonargparse in a dump of the whole namespace."""
+        try:
+            super().instantiate_classes()
+        except Exception as error:
+            raise _root_cause(error) from None
+
+    # ------------------------------------------------------------------ run folders
+    def before_instantiate_classes(self) -> None:
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        trainer = config.get("trainer")
+        if trainer is None:
+            return
+        root = Path(trainer.get("default_root_dir") or os.getcwd())
+        checkpoint_dirs = []
+        for callback in _as_list(trainer.get("callbacks")):
+            if _class_path(callback) == CHECKPOINT_CALLBACK:
+                if callback.init_args.get("dirpath") is None:
+                    callback.init_args.dirpath = str(root / "checkpoints")
+                checkpoint_dirs.append(Path(callback.init_args.dirpath))
+        for logger in _as_list(trainer.get("logger")):
+            init_args = getattr(logger, "init_args", None)
+            if init_args is not None and "save_dir" in init_args and init_args.get("save_dir") in (None, "", "."):
+                init_args.save_dir = str(root)
+        if subcommand == "fit" and trainer.get("enable_checkpointing", True) is not False:
+            self._one_run_per_folder(checkpoint_dirs, config)
+
+    def _one_run_per_folder(self, checkpoint_dirs: list[Path], config) -> None:
+        if config.get("ckpt_path"):
+            return
+        for folder in checkpoint_dirs:
+            earlier = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
+            if not earlier:
+                continue
+            if config.get("overwrite"):
+                for path in earlier:
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()  # ZeRO checkpoints are folders
+                print(f"[run folder] --overwrite: deleted {len(earlier)} earlier checkpoint(s) in {folder}", file=sys.stderr)
+                continue
+            last = folder / "last.ckpt"
+            raise RunFolderError(
+                f"{folder} already holds checkpoints of an earlier run ({', '.join(p.name for p in earlier[:3])}"
+                f"{', ...' if len(earlier) > 3 else ''}). Resume it with --ckpt_path {last if last.exists() else earlier[-1]}, "
+                "start a new run in another folder with --trainer.default_root_dir DIR, or start over here with "
+                "--overwrite true (deletes those checkpoints)"
+            )
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The first exception on ``error``'s chain that is not jsonargparse's wrapping (or ``error`` itself)."""
+    seen, cause = {id(error)}, error
+    while True:
+        inner = cause.__cause__ or cause.__context__
+        if inner is None or id(inner) in seen:
+            return cause
+        seen.add(id(inner))
+        cause = inner
+        if not type(cause).__module__.startswith("jsonargparse") and "validate against" not in str(cause):
+            return cause
+
+
+class RunFolderError(ValueError):
+    """A run would overwrite or collide with an earlier run's files."""
+
+
+def checkpoint_hyperparameters(path: str | Path) -> dict:
+    """The model hyper-parameters a Lightning checkpoint saved (loaded without unpickling code)."""
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # unreadable here: the trainer's own load reports it
+        return {}
+    hparams = dict(checkpoint.get("hyper_parameters") or {})
+    return {k: _plain(v) for k, v in hparams.items() if not k.startswith("_")}
+
+
+def _plain(value):
+    """Namespaces and dataclasses as plain dicts, for comparing settings."""
+    import dataclasses
+
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _same(a, b) -> bool:
+    if callable(a) or callable(b):  # an optimizer factory saved as a function: compare what the config says instead
+        return True
+    return a == b
+
+
+def _as_list(value) -> list:
+    if value is None or value is False or value is True:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _class_path(value) -> str | None:
+    return getattr(value, "class_path", None) if not isinstance(value, dict) else value.get("class_path")
 
 
 def _has_omegaconf() -> bool:
@@ -63,8 +217,34 @@ def export_main(argv: list[str]) -> None:
         raise SystemExit(1) from None
 
 
+def print_help() -> None:
+    print("usage: lit-instruct SUBCOMMAND [options]   (lit-instruct SUBCOMMAND --help for its options)\n")
+    print("Stages (LightningCLI):")
+    for name, text in LIGHTNING_SUBCOMMANDS.items():
+        print(f"  {name:<10} {text}")
+    print("\nTools:")
+    for name, text in TOOLS.items():
+        print(f"  {name:<10} {text}")
+    print("\nErrors in data, configs and checkpoints print as one message; LIT_INSTRUCT_DEBUG=1 shows the traceback.")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        return print_help()
+    if os.environ.get("LIT_INSTRUCT_DEBUG"):
+        return _main(args, argv)
+    from lit_instruct.records import DataError
+
+    try:
+        return _main(args, argv)
+    except (DataError, RunFolderError, FileNotFoundError, ValueError, OSError) as error:
+        # Bad data, configs, paths or checkpoints: the message says what and where; the traceback only hides it.
+        print(f"lit-instruct: error: {error}\n(set LIT_INSTRUCT_DEBUG=1 for the traceback)", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _main(args: list[str], argv: list[str] | None) -> None:
     if args and args[0] == "export":
         return export_main(args[1:])
     if args and args[0] == "pipeline":

@@ -157,7 +157,12 @@ def load_tokenizer(name_or_path: str, tiny: TinyConfig | None = None) -> PreTrai
         path = embedded_tokenizer_dir((tiny or TinyConfig()).vocab_size)
         tokenizer = AutoTokenizer.from_pretrained(path)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(check_source(name_or_path))
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(check_source(name_or_path))
+        except OSError as error:  # a hub name that is offline, misspelt or gated
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise OSError(f"{name_or_path}: cannot load it: not a local directory, and not loadable from the Hugging Face "
+                          f"hub ({reason})") from None
     return ensure_pad_token(tokenizer)
 
 

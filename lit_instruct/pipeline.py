@@ -110,6 +110,8 @@ class Pipeline:
             model_args["policy_name_or_path"] = str(self.export("sft"))
             model_args["reward_model_path"] = str(self.export("reward"))
         overlay = {
+            # The pipeline owns the stage folder: a stage it redoes (changed inputs, --force) starts over there.
+            "overwrite": True,
             "trainer": {
                 "default_root_dir": str(folder),
                 "logger": [

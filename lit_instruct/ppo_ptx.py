@@ -8,6 +8,7 @@ pretraining sequences whose LM loss, times ``ptx_coef``, joins the same update. 
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 import warnings
@@ -23,7 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from torchmetrics import MeanMetric
 
 from lit_instruct import bundled
-from lit_instruct.base import pack_documents, pretrain_split
+from lit_instruct.base import check_blocks, pack_documents, pretrain_split
 from lit_instruct.batching import LMCollator, pad
 from lit_instruct.loggers import log_table
 from lit_instruct.models import disable_dropout as turn_off_dropout
@@ -42,7 +43,7 @@ from lit_instruct.objectives import (
 )
 from lit_instruct.export import read_metadata
 from lit_instruct.prompts import DEFAULT_TEMPLATE, ChatTemplateMode, PromptFormat, check_prompt_field, prompt_key
-from lit_instruct.records import DataError, Problem, check_text_fields, raise_problems, read_rows, split
+from lit_instruct.records import DataError, Problem, check_range, check_text_fields, raise_problems, read_rows, split
 from lit_instruct.reward import RewardModel
 from lit_instruct.rollout import Rollout, critic_values, generate, logprobs_from_logits, response_logits, score_rollout
 from lit_instruct.stage import Stage
@@ -135,6 +136,14 @@ class PPOPtxDataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        check_range("data.val_fraction", val_fraction, 0, below=1)
+        check_range("data.max_prompt_tokens", max_prompt_tokens, 1)
+        check_range("data.rollout_batch_size", rollout_batch_size, 1)
+        check_range("data.max_val_prompts", max_val_prompts, 1)
+        check_range("data.val_batch_size", val_batch_size, 1)
+        check_range("data.pretrain_val_fraction", pretrain_val_fraction, 0, below=1)
+        check_range("data.ptx_block_size", ptx_block_size, 2)
+        check_range("data.max_val_pretrain_blocks", max_val_pretrain_blocks, 1)
         self.save_hyperparameters()
         self.tokenizer = None
         self.train_prompts: list[list[int]] = []
@@ -159,7 +168,8 @@ class PPOPtxDataModule(L.LightningDataModule):
                     "policy / reward model: lower one of them"
                 )
             self.check_formats(module)
-        self.prepare()
+        hp = module.hparams if module is not None else {}
+        self.prepare(needs_ptx=hp.get("ptx_coef", 1) > 0 and hp.get("ptx_examples_per_episode", 1) > 0)
 
     def prompt_format(self) -> PromptFormat:
         """How prompts become model input with this data's settings and tokenizer."""
@@ -178,8 +188,10 @@ class PPOPtxDataModule(L.LightningDataModule):
             PromptFormat.check_same(ours, policy_format, "PPO's prompts (data.prompt_template / data.chat_template)",
                                     f"the policy's SFT at {module.hparams.policy_name_or_path}")
 
-    def prepare(self) -> None:
-        """Read and validate the prompts and the pretraining text (called by :meth:`setup`)."""
+    def prepare(self, needs_ptx: bool = True) -> None:
+        """Read and validate the prompts and the pretraining text (called by :meth:`setup`). The held-out
+        pretraining text must fill one ``ptx_block_size`` block, and so must the training text when the ptx term
+        is on (``needs_ptx``)."""
         h = self.hparams
         keep = (lambda row: bundled.is_permissive(row.get("license"))) if h.only_permissive else None
         rows = read_rows(h.prompts_file, check_prompt_field, keep=keep, columns=h.columns)
@@ -202,6 +214,8 @@ class PPOPtxDataModule(L.LightningDataModule):
         self.ptx_blocks = pack_documents(self.tokenizer, train_docs, h.ptx_block_size)
         random.Random(h.seed).shuffle(self.ptx_blocks)
         self.val_blocks = pack_documents(self.tokenizer, heldout_docs, h.ptx_block_size)[: h.max_val_pretrain_blocks]
+        splits = {"training": self.ptx_blocks, "held-out": self.val_blocks} if needs_ptx else {"held-out": self.val_blocks}
+        check_blocks(h.pretrain_file, splits, h.ptx_block_size, "data.ptx_block_size")
         rank_zero_info(
             f"[ppo_ptx data] {len(self.train_prompts)} train / {len(self.val_prompts)} val prompts from {h.prompts_file} "
             f"({len(skipped)} over-long skipped); {len(self.ptx_blocks)} ptx / {len(self.val_blocks)} held-out pretraining "
@@ -230,12 +244,20 @@ class PPOPtxDataModule(L.LightningDataModule):
         world = self.trainer.world_size if self.trainer is not None else 1
         stream = PromptStream(self.train_prompts, self.hparams.rollout_batch_size, self.hparams.seed, rank, world)
         stream.start = self.consumed_rollouts
-        return DataLoader(stream, batch_size=None)
+        return DataLoader(stream, batch_size=None, generator=torch.Generator())  # leaves the global stream alone
 
-    def val_dataloader(self) -> list[DataLoader]:
-        prompts = DataLoader(self.val_prompts, batch_size=self.hparams.val_batch_size, collate_fn=list)
-        blocks = DataLoader(self.val_blocks, batch_size=self.hparams.val_batch_size, collate_fn=LMCollator(self.tokenizer.pad_token_id))
-        return [prompts, blocks]
+    def val_dataloader(self) -> DataLoader:
+        """One loader (so that validation's metrics print once): batch ``i`` holds the ``i``-th batch of held-out
+        prompts (``"prompts"``, scored by a rollout) and of held-out pretraining blocks (``"blocks"``, the LM loss),
+        either ``None`` once its list has run out."""
+        size = self.hparams.val_batch_size
+        prompts = [self.val_prompts[i : i + size] for i in range(0, len(self.val_prompts), size)]
+        collate = LMCollator(self.tokenizer.pad_token_id)
+        blocks = [collate(self.val_blocks[i : i + size]) for i in range(0, len(self.val_blocks), size)]
+        batches = [{"prompts": p, "blocks": b} for p, b in itertools.zip_longest(prompts, blocks)]
+        # Its own generator: creating a loader's iterator otherwise draws a seed from the global stream, and
+        # validation would shift what training samples next (a resumed run would then differ from an uninterrupted one).
+        return DataLoader(batches, batch_size=None, collate_fn=lambda batch: batch, generator=torch.Generator())
 
 
 # ====================================================================== module
@@ -296,6 +318,8 @@ class PPOPtxModule(Stage):
         export_dir: Where the policy export is written; ``None``: ``<default_root_dir>/export``.
         num_sample_prompts: Validation responses logged as a table (next to the SFT reference's).
         val_max_new_tokens: Longest response at validation (``None``: ``max_new_tokens``).
+        val_seed: Seed of validation's sampling (its own stream: validations are comparable and do not disturb
+            training's).
     """
 
     stage = "ppo_ptx"
@@ -343,6 +367,7 @@ class PPOPtxModule(Stage):
         export_dir: Optional[str] = None,
         num_sample_prompts: int = 4,
         val_max_new_tokens: Optional[int] = None,
+        val_seed: int = 1234,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -498,6 +523,7 @@ class PPOPtxModule(Stage):
         return self.hparams.total_episodes is not None and self.episodes >= self.hparams.total_episodes
 
     def on_train_batch_start(self, batch, batch_idx: int) -> Optional[int]:
+        super().on_train_batch_start(batch, batch_idx)  # random-number states after a resume
         if self._done():  # e.g. resumed from a run that had already finished
             self.trainer.should_stop = True
             return -1
@@ -609,23 +635,32 @@ class PPOPtxModule(Stage):
         return {**{k: v / count for k, v in sums.items()}, **first}
 
     # ------------------------------------------------------------------ validation: reward, KL, alignment tax
-    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if dataloader_idx == 0:
-            h = self.hparams
-            rollout = self.rollout(batch, h.val_max_new_tokens or h.max_new_tokens, values=False, policy=self.evaluated_policy())
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Held-out prompts: RM score, KL to the reference and length of the evaluated policy's responses. Held-out
+        pretraining blocks: its LM loss (the alignment tax)."""
+        h = self.hparams
+        policy = self.evaluated_policy()
+        if batch["prompts"]:
+            # Validation samples from its own random stream, the same at every validation (seeded by the batch):
+            # two validations of one policy give the same responses, and training's stream is left as it was, so a
+            # resumed run trains exactly as an uninterrupted one whatever validations ran in between.
+            devices = [torch.cuda.current_device()] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(h.val_seed + batch_idx)
+                rollout = self.rollout(batch["prompts"], h.val_max_new_tokens or h.max_new_tokens, values=False, policy=policy)
             mask = rollout.response_mask.float()
             self.val_score.update(rollout.scores)
             self.val_kl.update(((rollout.logprobs - rollout.ref_logprobs) * mask).sum(1))
             self.val_length.update(mask.sum(1))
-            if batch_idx == 0 and self.hparams.num_sample_prompts > 0:
-                k = self.hparams.num_sample_prompts
+            if batch_idx == 0 and h.num_sample_prompts > 0:
+                k = h.num_sample_prompts
                 texts = self.tokenizer.batch_decode(rollout.query[:k], skip_special_tokens=True)
                 responses = self.tokenizer.batch_decode(rollout.response[:k], skip_special_tokens=True)
                 self._val_samples = [[self.global_step, p, r, float(s)] for p, r, s in zip(texts, responses, rollout.scores[:k])]
-        else:
-            policy = self.evaluated_policy()
-            logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-            self.val_pretrain_loss.update(lm_loss(logits, batch["labels"]), weight=batch["input_ids"].numel())
+        if batch["blocks"] is not None:
+            blocks = batch["blocks"]
+            logits = policy(input_ids=blocks["input_ids"], attention_mask=blocks["attention_mask"], use_cache=False).logits
+            self.val_pretrain_loss.update(lm_loss(logits, blocks["labels"]), weight=blocks["input_ids"].numel())
 
     def on_validation_epoch_end(self) -> None:
         self.log("val/score", self.val_score.compute(), prog_bar=True, sync_dist=True)

@@ -78,22 +78,107 @@ def open_checked(path: str | Path) -> Path:
         raise DataError(f"{path}: file not found")
     if not resolved.is_file():
         raise DataError(f"{path}: not a file")
-    if resolved.stat().st_size == 0 or not resolved.read_text(encoding="utf-8", errors="replace").strip():
+    if resolved.stat().st_size == 0 or not resolved.read_bytes().decode("utf-8", errors="replace").strip():
         raise DataError(f"{path}:1: file is empty")
     return resolved
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """Yield ``(line_number, value)`` for each non-blank line; a line that is not JSON is a :class:`DataError`."""
-    resolved = open_checked(path)
-    with resolved.open(encoding="utf-8") as f:
-        for number, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                yield number, json.loads(text)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})") from None
+#: Line ends as Python's universal newlines read them (``\n``, ``\r\n``, ``\r``).
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def _utf8_problem(error: UnicodeDecodeError) -> str:
+    bad = error.object[error.start : error.end]
+    return (f"invalid UTF-8 ({error.reason}: byte{'s' if len(bad) > 1 else ''} {' '.join(f'0x{b:02x}' for b in bad)} "
+            f"at column {error.start + 1}; "
+            "save the file as UTF-8)")
+
+
+def read_lines(path: str | Path, source: str | None = None) -> list[tuple[int, str | Problem]]:
+    """``(line_number, text)`` for every line of a text file, decoded as UTF-8 line by line (a leading BOM
+    dropped); a line that is not valid UTF-8 comes as a :class:`Problem` (``FILE:LINE: invalid UTF-8 (...)``)
+    instead of its text."""
+    source = str(path) if source is None else source
+    data = open_checked(path).read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    lines: list[tuple[int, str | Problem]] = []
+    for number, raw in enumerate(_LINE_END.split(data), start=1):
+        try:
+            lines.append((number, raw.decode("utf-8")))
+        except UnicodeDecodeError as e:
+            lines.append((number, Problem(source, number, _utf8_problem(e))))
+    return lines
+
+
+def read_text(path: str | Path, source: str | None = None) -> str:
+    """The text of a UTF-8 file (lines joined with ``\\n``); every line that is not valid UTF-8 is reported in one
+    :class:`DataError`."""
+    lines = read_lines(path, source)
+    raise_problems([text for _, text in lines if isinstance(text, Problem)])
+    return "\n".join(text for _, text in lines)  # type: ignore[misc]
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    """``object_pairs_hook`` for :func:`json.loads`: a key given twice in one object is an error (JSON
+    parsers disagree on which value wins; Python silently keeps the last)."""
+    value: dict = {}
+    for key, item in pairs:
+        if key in value:
+            raise _DuplicateKey(key)
+        value[key] = item
+    return value
+
+
+def loads(text: str) -> Any:
+    """:func:`json.loads` that refuses duplicate keys (raising ``ValueError`` with the key)."""
+    return json.loads(text, object_pairs_hook=_refuse_duplicates)
+
+
+def _parse_line(text: str) -> Any:
+    """The JSON value of one line, or a :class:`BadValue` saying what is wrong with it."""
+    try:
+        return loads(text)
+    except _DuplicateKey as e:
+        return BadValue(f"duplicate key {e.key!r}")
+    except json.JSONDecodeError as e:
+        return BadValue(f"not valid JSON ({e.msg} at column {e.colno})")
+
+
+@dataclass(frozen=True)
+class BadValue:
+    """A line or array element that could not be read: :func:`read_rows` reports it with the other bad rows."""
+
+    message: str
+
+
+def iter_jsonl(path: str | Path, *, keep_bad: bool = False) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line_number, value)`` for each non-blank line.
+
+    A line that is not UTF-8, not JSON, or an object with a duplicate key is yielded as a :class:`BadValue`
+    when ``keep_bad`` is true (:func:`read_rows` reports them with the other bad rows); otherwise all such lines
+    are reported together in one :class:`DataError` once the file has been read.
+    """
+    source = str(path)
+    problems: list[Problem] = []
+    for number, text in read_lines(path, source):
+        if isinstance(text, Problem):
+            value: Any = BadValue(text.message)
+        elif not text.strip():
+            continue
+        else:
+            value = _parse_line(text)
+        if isinstance(value, BadValue) and not keep_bad:
+            problems.append(Problem(source, number, value.message))
+        else:
+            yield number, value
+    raise_problems(problems)
 
 
 Validator = Callable[[dict], "str | None"]
@@ -223,6 +308,7 @@ def _load_dataset(source: str, target: Path | str, split: str | None) -> Any:
         kwargs: dict[str, Any] = {}
         if builder == "csv":
             # Text exactly as written: every column a string, no "NA"/"null"/empty cell turned into a null.
+            _check_utf8(target, source)
             try:
                 with target.open(encoding="utf-8", newline="") as f:
                     reader = csv.reader(f)
@@ -233,6 +319,9 @@ def _load_dataset(source: str, target: Path | str, split: str | None) -> Any:
                 raise DataError(f"{source}:1: file is empty")
             if first is None:
                 raise DataError(f"{source}: no rows")
+            repeated = [name for i, name in enumerate(header) if name in header[:i]]
+            if repeated:
+                raise DataError(f"{source}:1: duplicate column {repeated[0]!r}")
             kwargs = {
                 "keep_default_na": False,
                 "features": datasets.Features({name: datasets.Value("string") for name in header}),
@@ -242,6 +331,18 @@ def _load_dataset(source: str, target: Path | str, split: str | None) -> Any:
         # written by Dataset.save_to_disk / DatasetDict.save_to_disk, which load_dataset refuses
         return _load(source, lambda: datasets.load_from_disk(str(target)), split)
     return _load(source, lambda: datasets.load_dataset(str(target), split=split or "train"))
+
+
+def _check_utf8(target: Path, source: str) -> None:
+    """Every line of ``target`` that is not valid UTF-8, reported in one :class:`DataError` (read as a stream)."""
+    problems: list[Problem] = []
+    with target.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                problems.append(Problem(source, number, _utf8_problem(e)))
+    raise_problems(problems)
 
 
 def _dataset_values(source: str, dataset: Any, columns: dict[str, str]) -> Iterator[tuple[int, Any]]:
@@ -259,13 +360,20 @@ def _dataset_values(source: str, dataset: Any, columns: dict[str, str]) -> Itera
 
 def _json_values(path: str | Path, source: str) -> Iterator[tuple[int, Any]] | None:
     """Rows of a ``.json`` file that holds one JSON array (row numbers), or ``None`` for JSON Lines."""
-    resolved = open_checked(path)
-    text = resolved.read_text(encoding="utf-8")
-    start = text.lstrip()[:1]
+    lines = read_lines(path, source)
+    bad = [text for _, text in lines if isinstance(text, Problem)]
+    first = next((text for _, text in lines if isinstance(text, Problem) or text.strip()), "")
+    start = "" if isinstance(first, Problem) else first.lstrip()[:1]
     if start not in ("[", "{"):
         return None
+    if bad:  # JSON Lines report their bad lines with the other bad rows; an array cannot be read at all
+        if start == "[":
+            raise_problems(bad)
+        return None
+    text = "\n".join(text for _, text in lines)  # type: ignore[misc]
+    duplicates: list[str] = []
     try:
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=lambda pairs: _note_duplicates(pairs, duplicates))
     except json.JSONDecodeError as e:
         if start == "[" and e.msg != "Extra data":
             raise DataError(f"{source}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
@@ -276,7 +384,41 @@ def _json_values(path: str | Path, source: str) -> Iterator[tuple[int, Any]] | N
         raise DataError(f"{source}: one JSON object; expected JSON Lines (one object per line) or a JSON array of objects")
     if not value:
         raise DataError(f"{source}: no rows (an empty JSON array)")
+    if duplicates:
+        return _array_items(text)
     return ((RowNumber(i), item) for i, item in enumerate(value, start=1))
+
+
+def _note_duplicates(pairs: list[tuple[str, Any]], duplicates: list[str]) -> dict:
+    value = dict(pairs)
+    if len(value) < len(pairs):
+        duplicates.append(next(k for i, (k, _) in enumerate(pairs) if any(k == other for other, _ in pairs[:i])))
+    return value
+
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _array_items(text: str) -> Iterator[tuple[int, Any]]:
+    """The elements of a valid JSON array one by one, so that an element with a duplicate key is reported as a
+    :class:`BadValue` at its own row."""
+    decoder = json.JSONDecoder(object_pairs_hook=_refuse_duplicates)
+    index = _WHITESPACE.match(text, 0).end() + 1  # past "["
+    number = 0
+    while True:
+        index = _WHITESPACE.match(text, index).end()
+        if text[index] == "]":
+            return
+        number += 1
+        try:
+            item, index = decoder.raw_decode(text, index)
+        except _DuplicateKey as e:
+            item = BadValue(f"duplicate key {e.key!r}")
+            _, index = json.JSONDecoder().raw_decode(text, index)
+        yield RowNumber(number), item
+        index = _WHITESPACE.match(text, index).end()
+        if text[index] == ",":
+            index += 1
 
 
 def _source(path: str | Path) -> tuple[str, Path | str, str | None]:
@@ -343,7 +485,7 @@ def read_rows(
     elif kind in ("file", "dataset"):
         values = _dataset_values(source, _load_dataset(source, target, split), columns)
     if values is None:
-        values = iter_jsonl(target)
+        values = iter_jsonl(target, keep_bad=True)
     if columns and kind in ("jsonl", "json"):
         values = list(values)
         present: dict[str, None] = {}
@@ -355,6 +497,9 @@ def read_rows(
     problems: list[Problem] = []
     rows: list[tuple[int, dict]] = []
     for number, value in values:
+        if isinstance(value, BadValue):
+            problems.append(Problem(source, number, value.message))
+            continue
         if not isinstance(value, dict):
             problems.append(Problem(source, number, f"expected a JSON object, got {type(value).__name__}"))
             continue
@@ -384,11 +529,35 @@ def check_text_fields(row: dict, fields: tuple[str, ...], *, allow_empty: tuple[
 
 
 def read_documents(path: str | Path) -> list[str]:
-    """Read a plain-text corpus whose documents are separated by blank lines."""
-    resolved = open_checked(path)
-    text = resolved.read_text(encoding="utf-8")
+    """Read a plain-text corpus whose documents are separated by blank lines (every line that is not valid
+    UTF-8 reported in one :class:`DataError`)."""
+    text = read_text(path)
     docs = [d.strip() for d in text.split("\n\n")]
     return [d for d in docs if d]
+
+
+def check_range(name: str, value: Any, minimum: float | None = None, maximum: float | None = None, *,
+                below: float | None = None, optional: bool = False) -> None:
+    """Raise ``ValueError("NAME must be >= MIN, got VALUE")`` unless ``minimum <= value <= maximum`` and
+    ``value < below`` (each bound only when given); ``None`` passes when ``optional``.
+
+    The data modules call it in ``__init__``, so that a bad setting stops the run before any model is built.
+    """
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:  # NaN is no number here
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    upper = below if below is not None else maximum
+    if minimum is not None and upper is not None:
+        what = f"in [{minimum}, {upper}{')' if below is not None else ']'}"
+    elif minimum is not None:
+        what = f">= {minimum}"
+    else:
+        what = f"< {below}" if below is not None else f"<= {maximum}"
+    ok = ((minimum is None or value >= minimum) and (maximum is None or value <= maximum)
+          and (below is None or value < below))
+    if not ok:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
 
 
 def in_validation(key: str, val_fraction: float, seed: int = 0) -> bool:

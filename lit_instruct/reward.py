@@ -32,7 +32,7 @@ from lit_instruct.export import read_metadata
 from lit_instruct.models import EMBEDDED, DtypeName, TinyConfig, as_dtype, check_source, context_length, embedded_config, load_tokenizer, set_dropout
 from lit_instruct.objectives import ranking_loss
 from lit_instruct.prompts import DEFAULT_TEMPLATE, ChatTemplateMode, PromptFormat, check_prompt_field, format_response, prompt_key
-from lit_instruct.records import DataError, Problem, check_text_fields, raise_problems, read_rows, split
+from lit_instruct.records import DataError, Problem, check_range, check_text_fields, raise_problems, read_rows, split
 from lit_instruct.stage import Stage, default_optimizer
 
 LEGACY_HEAD_FILE = "reward_head.safetensors"  # exports written before the sequence-classification format
@@ -212,8 +212,8 @@ class RewardModel(nn.Module):
         state_dict = state_dict if state_dict is not None else self.state_dict()
         seq_cls = sequence_classification_class(self.backbone.config)
         prefix = seq_cls.base_model_prefix
-        tensors = {f"{prefix}.{k[len('backbone.'):]}": v.contiguous() for k, v in state_dict.items() if k.startswith("backbone.")}
-        tensors["score.weight"] = state_dict["head.weight"].contiguous()
+        tensors = {f"{prefix}.{k[len('backbone.'):]}": _own_storage(v) for k, v in state_dict.items() if k.startswith("backbone.")}
+        tensors["score.weight"] = _own_storage(state_dict["head.weight"])
         if "head.bias" in state_dict:  # a critic's head: its bias joins the shift (the format's score has no bias)
             raise ValueError("a value head with a bias is not a reward model export")
         config = copy.deepcopy(self.backbone.config)
@@ -269,6 +269,13 @@ class RewardModel(nn.Module):
         return torch.cat(out)
 
 
+def _own_storage(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` as a contiguous tensor that owns its storage (DeepSpeed's parameters are views into one flat
+    buffer, which safetensors refuses to write)."""
+    tensor = tensor.detach().contiguous()
+    return tensor if tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size() else tensor.clone()
+
+
 def is_reward_model_dir(path: str | Path) -> bool:
     """Whether ``path`` holds a reward model: a lit-instruct export or a sequence-classification model with one label."""
     path = Path(path)
@@ -286,6 +293,10 @@ def is_reward_model_dir(path: str | Path) -> bool:
 
 
 # ====================================================================== data
+
+
+#: Ranks become an int64 tensor during training (10**30 overflowed it mid-run); a rank this large is a broken file.
+MAX_RANK = 2**31
 
 
 def check_ranked_row(row: dict) -> Optional[str]:
@@ -318,6 +329,8 @@ def check_ranked_row(row: dict) -> Optional[str]:
     for i, r in enumerate(ranking):
         if isinstance(r, bool) or not isinstance(r, int):
             return f"ranking[{i}] must be an integer, got {r!r}"
+        if not 0 <= r < MAX_RANK:
+            return f"ranking[{i}] must be in [0, 2**31) (0 = best), got {r}"
     if len(set(ranking)) == 1:
         return f"all {len(ranking)} completions are tied: no comparison to learn from"
     return None
@@ -440,11 +453,18 @@ class RewardDataModule(L.LightningDataModule):
         tokenizer_name_or_path: Optional[str] = None,
     ) -> None:
         super().__init__()
+        check_range("data.val_fraction", val_fraction, 0, below=1)
+        check_range("data.max_length", max_length, 2, optional=True)
+        check_range("data.min_completion_tokens", min_completion_tokens, 1)
+        check_range("data.batch_size", batch_size, 1)
+        check_range("data.normalization_rows", normalization_rows, 1)
+        check_range("data.num_workers", num_workers, 0)
         self.save_hyperparameters()
         self.tokenizer = None
         self.train_groups: list[dict] = []
         self.val_groups: list[dict] = []
         self.max_length = 0
+        self._demonstrations: Optional[list[tuple[str, str]]] = None
 
     def read(self, path: str) -> list[tuple[int, dict]]:
         keep = (lambda row: bundled.is_permissive(row.get("license"))) if self.hparams.only_permissive else None
@@ -504,6 +524,7 @@ class RewardDataModule(L.LightningDataModule):
         if not self.train_groups or not self.val_groups:
             raise DataError(f"{h.train_file}: no rows left after skipping over-long ones")
         self.stats = {"train": train_stats, "val": val_stats}
+        self._demonstrations = self.read_demonstrations()  # checked now: it is used only after training
         rank_zero_info(
             f"[reward data] {train_stats.prompts} train / {val_stats.prompts} val prompts from {h.train_file}: "
             f"{train_stats.completions} / {val_stats.completions} completions, {train_stats.comparisons} / "
@@ -524,7 +545,13 @@ class RewardDataModule(L.LightningDataModule):
         return self.train_groups
 
     def demonstrations(self) -> list[tuple[str, str]]:
-        """(prompt, response) pairs for the normalisation: a fixed subset of ``demonstrations_file``."""
+        """(prompt, response) pairs for the normalisation: a fixed subset of ``demonstrations_file`` (read and
+        validated by :meth:`prepare`, before training)."""
+        if self._demonstrations is None:
+            self._demonstrations = self.read_demonstrations()
+        return self._demonstrations
+
+    def read_demonstrations(self) -> list[tuple[str, str]]:
         h = self.hparams
         if not h.demonstrations_file:
             return []

@@ -14,7 +14,7 @@ from lit_instruct.lm import CausalLMModule
 from lit_instruct.models import load_tokenizer
 from lit_instruct.objectives import IGNORE_INDEX
 from lit_instruct.prompts import DEFAULT_TEMPLATE, ChatTemplateMode, PromptFormat, check_prompt_field, prompt_key
-from lit_instruct.records import DataError, Problem, check_text_fields, raise_problems, read_rows, split
+from lit_instruct.records import DataError, Problem, check_range, check_text_fields, raise_problems, read_rows, split
 from lit_instruct import bundled
 
 
@@ -105,6 +105,12 @@ class SFTDataModule(L.LightningDataModule):
         tokenizer_name_or_path: Optional[str] = None,
     ) -> None:
         super().__init__()
+        check_range("data.val_fraction", val_fraction, 0, below=1)
+        check_range("data.max_length", max_length, 2, optional=True)
+        check_range("data.min_response_tokens", min_response_tokens, 1)
+        check_range("data.batch_size", batch_size, 1)
+        check_range("data.pad_to_multiple_of", pad_to_multiple_of, 1, optional=True)
+        check_range("data.num_workers", num_workers, 0)
         self.save_hyperparameters()
         self.tokenizer = None
         self.train_examples: list[dict] = []

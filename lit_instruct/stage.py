@@ -17,6 +17,35 @@ from lit_instruct.callbacks import TokenThroughput
 from lit_instruct.utils import class_path
 
 
+def rng_states() -> dict[str, Any]:
+    """This process's random-number states: Python, NumPy, torch (CPU and every CUDA device)."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}  # plain types: loadable with weights_only
+    states = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Put back what :func:`rng_states` saved (CUDA states only where the devices are there)."""
+    import random
+
+    import numpy as np
+
+    random.setstate(states["python"])
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
 def default_optimizer(params, lr: float = 1e-4) -> torch.optim.Optimizer:
     """AdamW with the paper's betas (0.9, 0.95). Override with any ``class_path`` under ``model.optimizer``."""
     return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
@@ -107,14 +136,26 @@ class Stage(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lit_instruct"] = {"class_path": class_path(self), "stage": self.stage}
+        checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Checkpoints from before the reward shift became a float (and the reward head lost its always-zero bias)
+        """Keep the random-number states to put back just before the first training step after a resume (not now:
+        building the data loaders draws from them), so that a resumed run samples what the uninterrupted one did.
+        Checkpoints from before the reward shift became a float (and the reward head lost its always-zero bias)
         still load."""
+        self._rng_to_restore = checkpoint.get("rng_states")
         state = checkpoint.get("state_dict", {})
         own = self.state_dict()
         for key in [k for k in state if k not in own and (k.endswith("reward_shift") or k.endswith("head.bias"))]:
             state.pop(key)
+
+    _rng_to_restore: Optional[dict] = None
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> Optional[int]:
+        if self._rng_to_restore is not None:
+            set_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
+        return None
 
     def on_fit_start(self) -> None:
         self._fit_start = time.perf_counter()

@@ -141,6 +141,7 @@ def run_name(index: int, params: dict[str, Any]) -> str:
 def overlay_for(run_dir: Path, name: str, sweep_name: str, project: str) -> dict:
     """Per-run outputs: folder, export, checkpoints, CSV log, and an offline W&B run grouped by sweep."""
     return {
+        "overwrite": True,  # the sweep owns the run folder: a run it starts again starts over
         "trainer": {
             "default_root_dir": str(run_dir),
             "logger": [

@@ -82,3 +82,18 @@ class StageProbe(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         for handle in self._handles:
             handle.remove()
+
+
+class KillAt(L.Callback):
+    """SIGKILL this process at the start of the PPO iteration that would begin past ``episodes`` episodes: a run
+    dies as a pre-empted job does, with no chance to save anything."""
+
+    def __init__(self, episodes: int) -> None:
+        self.episodes = episodes
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if pl_module.episodes >= self.episodes:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,138 @@
+"""Resume honours the user, and is exact: a PPO run killed with SIGKILL and resumed from its last checkpoint ends with
+the weights and metrics of an uninterrupted run; a resume with a larger ``total_episodes`` trains the extra episodes
+and exports where the flag says; a second run into a used folder stops instead of writing ``last-v1.ckpt``."""
+
+import json
+import signal
+
+import lightning as L
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import CONFIGS, run_cli
+from lit_instruct import RewardModel, SFTDataModule, SFTModule, TinyConfig
+from lit_instruct.export import save_export
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory, tokenizer):
+    tmp = tmp_path_factory.mktemp("resume_exports")
+    torch.manual_seed(0)
+    sft = SFTModule(tiny=TinyConfig(n_layer=1, n_embd=32, n_head=2, n_positions=128), num_sample_prompts=0,
+                    optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3), export_dir=str(tmp / "sft"))
+    L.Trainer(accelerator="cpu", max_steps=10, limit_val_batches=0, logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, default_root_dir=tmp).fit(sft, SFTDataModule(batch_size=8, max_length=64))
+    rm = RewardModel.from_causal_lm(str(tmp / "sft"), tokenizer)
+    rm.reward_shift = 0.1
+    rm.normalization = {"shift": 0.1, "rows": 0}
+    save_export(rm, tokenizer, tmp / "rm", {"stage": "reward", "normalization": rm.normalization})
+    return tmp
+
+
+def ppo(exports, root, *flags):
+    """The tiny PPO-ptx config, shrunk: 4 prompts an iteration, 2 minibatches, a checkpoint every 2 iterations."""
+    return run_cli("fit", *ppo_flags(exports, root, *flags), env={"PYTHONPATH": str(CONFIGS.parent / "tests")})
+
+
+def ppo_flags(exports, root, *flags):
+    return ( "--config", str(CONFIGS / "ppo_ptx/tiny.yaml"),
+                   "--model.policy_name_or_path", str(exports / "sft"), "--model.reward_model_path", str(exports / "rm"),
+                   "--model.max_new_tokens", "6", "--model.minibatch_size", "2", "--model.ptx_examples_per_episode", "1",
+                   "--model.num_sample_prompts", "0", "--model.warmup_steps", "0",
+                   "--data.rollout_batch_size", "4", "--data.max_prompt_tokens", "48", "--data.ptx_block_size", "32",
+                   "--data.max_val_prompts", "4", "--data.val_batch_size", "4", "--data.max_val_pretrain_blocks", "2",
+                   "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
+                   "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+                   "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint",
+                   "--trainer.callbacks.every_n_train_steps", "4", "--trainer.callbacks.save_last", "true",
+                   "--trainer.default_root_dir", str(root), *flags)
+
+
+def weights(export):
+    return load_file(export / "model.safetensors")
+
+
+def val_metrics(export):
+    metrics = json.loads((export / "lit_instruct.json").read_text())["metrics"]
+    return {k: v for k, v in metrics.items() if k.startswith(("val/", "objective/", "policy/", "episodes"))}
+
+
+def test_a_run_killed_mid_ppo_resumes_to_the_uninterrupted_result(exports, tmp_path):
+    whole = ppo(exports, tmp_path / "whole", "--model.total_episodes", "20")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    killed = ppo(exports, tmp_path / "killed", "--model.total_episodes", "20",
+                 "--trainer.callbacks+=probes.KillAt", "--trainer.callbacks.episodes", "12")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not (tmp_path / "killed" / "export").exists()
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["ppo_state"]["episodes"] == 8  # iteration 3 was lost with the process
+
+    resumed = ppo(exports, tmp_path / "killed", "--model.total_episodes", "20", "--ckpt_path", str(last))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = weights(tmp_path / "whole" / "export"), weights(tmp_path / "killed" / "export")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
+    assert val_metrics(tmp_path / "whole" / "export") == val_metrics(tmp_path / "killed" / "export")
+
+
+def test_resume_with_a_larger_total_trains_on_and_exports_where_told(exports, tmp_path):
+    first = ppo(exports, tmp_path / "run", "--model.total_episodes", "8")
+    assert first.returncode == 0, first.stderr[-3000:]
+    meta = json.loads((tmp_path / "run" / "export" / "lit_instruct.json").read_text())
+    assert meta["episodes"] == 8
+    more = ppo(exports, tmp_path / "run", "--model.total_episodes", "16", "--model.export_dir", str(tmp_path / "more"),
+               "--ckpt_path", str(tmp_path / "run" / "checkpoints" / "last.ckpt"))
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert "model.total_episodes: 8 (checkpoint) -> 16 (now)" in more.stderr  # the printed summary of what differs
+    assert json.loads((tmp_path / "more" / "lit_instruct.json").read_text())["episodes"] == 16
+    assert json.loads((tmp_path / "run" / "export" / "lit_instruct.json").read_text())["episodes"] == 8  # untouched
+    assert not (tmp_path / "run" / "checkpoints" / "last-v1.ckpt").exists()
+
+
+def test_a_second_run_into_a_used_folder_stops_and_overwrite_starts_over(exports, tmp_path):
+    first = ppo(exports, tmp_path / "run", "--model.total_episodes", "4")
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = ppo(exports, tmp_path / "run", "--model.total_episodes", "4")
+    assert second.returncode == 2
+    assert "already holds checkpoints of an earlier run" in second.stderr and "--ckpt_path" in second.stderr
+    assert "Traceback" not in second.stderr  # one clear message
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["last.ckpt"]
+    overlay = tmp_path / "overlay.yaml"  # as the pipeline and a sweep say it for the folders they own
+    overlay.write_text("overwrite: true\n")
+    again = ppo(exports, tmp_path / "run", "--model.total_episodes", "4", "--config", str(overlay))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["last.ckpt"]
+
+
+def test_checkpoints_and_export_follow_default_root_dir(exports, tmp_path):
+    result = ppo(exports, tmp_path / "elsewhere", "--model.total_episodes", "4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "elsewhere" / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "elsewhere" / "export" / "lit_instruct.json").is_file()
+
+
+def test_help_lists_every_subcommand():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for name in ("fit", "validate", "test", "export", "pipeline", "sweep", "study"):
+        assert f"  {name} " in result.stdout, name
+
+
+def test_ppo_validate_prints_each_metric_once(exports, tmp_path):
+    result = run_cli("validate", *ppo_flags(exports, tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("val/score", "val/kl", "val/pretrain_loss", "val/response_length"):
+        assert result.stdout.count(name) == 1, (name, result.stdout[-2000:])
+
+
+@pytest.mark.parametrize("source, message", [
+    ("/nonexistent/model", "/nonexistent/model: model directory not found"),
+    ("someorg/no-such-model", "someorg/no-such-model: cannot load it: not a local directory, and not loadable from the Hugging Face hub"),
+])
+def test_a_missing_model_is_one_clear_message(source, message, tmp_path):
+    result = run_cli("fit", "--config", str(CONFIGS / "sft/tiny.yaml"), "--model.model_name_or_path", source,
+                     "--trainer.default_root_dir", str(tmp_path), env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and "Namespace(" not in result.stderr
