@@ -120,7 +120,10 @@ class Stage(L.LightningModule):
         raise NotImplementedError
 
     def setup(self, stage: str) -> None:
-        """Record how the data formats prompts (stored in the export, checked where two models must agree)."""
+        """Before training: refuse an export directory that an export may not replace (a folder of other files), and
+        record how the data formats prompts (stored in the export, checked where two models must agree)."""
+        if stage == "fit" and self._trainer is not None:
+            export_lib.check_export_target(self.export_path())
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None and hasattr(datamodule, "prompt_format"):
             self.prompt_format_description = datamodule.prompt_format().describe()
