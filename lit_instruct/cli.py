@@ -213,7 +213,7 @@ def export_main(argv: list[str]) -> None:
     except (CheckpointError, ExportError) as err:
         if os.environ.get("LIT_INSTRUCT_DEBUG"):
             raise
-        print(f"lit-instruct export: error: {err}\n(set LIT_INSTRUCT_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(f"lit-instruct export: error: {err} (LIT_INSTRUCT_DEBUG=1 shows the traceback)", file=sys.stderr)
         raise SystemExit(1) from None
 
 
