@@ -8,7 +8,6 @@ pretraining sequences whose LM loss, times ``ptx_coef``, joins the same update. 
 
 from __future__ import annotations
 
-import itertools
 import random
 import time
 import warnings
@@ -246,18 +245,14 @@ class PPOPtxDataModule(L.LightningDataModule):
         stream.start = self.consumed_rollouts
         return DataLoader(stream, batch_size=None, generator=torch.Generator())  # leaves the global stream alone
 
-    def val_dataloader(self) -> DataLoader:
-        """One loader (so that validation's metrics print once): batch ``i`` holds the ``i``-th batch of held-out
-        prompts (``"prompts"``, scored by a rollout) and of held-out pretraining blocks (``"blocks"``, the LM loss),
-        either ``None`` once its list has run out."""
-        size = self.hparams.val_batch_size
-        prompts = [self.val_prompts[i : i + size] for i in range(0, len(self.val_prompts), size)]
-        collate = LMCollator(self.tokenizer.pad_token_id)
-        blocks = [collate(self.val_blocks[i : i + size]) for i in range(0, len(self.val_blocks), size)]
-        batches = [{"prompts": p, "blocks": b} for p, b in itertools.zip_longest(prompts, blocks)]
-        # Its own generator: creating a loader's iterator otherwise draws a seed from the global stream, and
-        # validation would shift what training samples next (a resumed run would then differ from an uninterrupted one).
-        return DataLoader(batches, batch_size=None, collate_fn=lambda batch: batch, generator=torch.Generator())
+    def val_dataloader(self) -> list[DataLoader]:
+        """Held-out prompts (scored by a rollout) and held-out pretraining blocks (the LM loss). Both loaders have
+        their own generator: creating a loader's iterator otherwise draws a seed from the global stream, and
+        validation would shift what training samples next (a resumed run would then differ from an uninterrupted one)."""
+        prompts = DataLoader(self.val_prompts, batch_size=self.hparams.val_batch_size, collate_fn=list, generator=torch.Generator())
+        blocks = DataLoader(self.val_blocks, batch_size=self.hparams.val_batch_size, collate_fn=LMCollator(self.tokenizer.pad_token_id),
+                            generator=torch.Generator())
+        return [prompts, blocks]
 
 
 # ====================================================================== module
@@ -635,19 +630,19 @@ class PPOPtxModule(Stage):
         return {**{k: v / count for k, v in sums.items()}, **first}
 
     # ------------------------------------------------------------------ validation: reward, KL, alignment tax
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        """Held-out prompts: RM score, KL to the reference and length of the evaluated policy's responses. Held-out
-        pretraining blocks: its LM loss (the alignment tax)."""
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Held-out prompts (loader 0): RM score, KL to the reference and length of the evaluated policy's responses.
+        Held-out pretraining blocks (loader 1): its LM loss (the alignment tax)."""
         h = self.hparams
         policy = self.evaluated_policy()
-        if batch["prompts"]:
+        if dataloader_idx == 0:
             # Validation samples from its own random stream, the same at every validation (seeded by the batch):
             # two validations of one policy give the same responses, and training's stream is left as it was, so a
             # resumed run trains exactly as an uninterrupted one whatever validations ran in between.
             devices = [torch.cuda.current_device()] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(h.val_seed + batch_idx)
-                rollout = self.rollout(batch["prompts"], h.val_max_new_tokens or h.max_new_tokens, values=False, policy=policy)
+                rollout = self.rollout(batch, h.val_max_new_tokens or h.max_new_tokens, values=False, policy=policy)
             mask = rollout.response_mask.float()
             self.val_score.update(rollout.scores)
             self.val_kl.update(((rollout.logprobs - rollout.ref_logprobs) * mask).sum(1))
@@ -657,10 +652,9 @@ class PPOPtxModule(Stage):
                 texts = self.tokenizer.batch_decode(rollout.query[:k], skip_special_tokens=True)
                 responses = self.tokenizer.batch_decode(rollout.response[:k], skip_special_tokens=True)
                 self._val_samples = [[self.global_step, p, r, float(s)] for p, r, s in zip(texts, responses, rollout.scores[:k])]
-        if batch["blocks"] is not None:
-            blocks = batch["blocks"]
-            logits = policy(input_ids=blocks["input_ids"], attention_mask=blocks["attention_mask"], use_cache=False).logits
-            self.val_pretrain_loss.update(lm_loss(logits, blocks["labels"]), weight=blocks["input_ids"].numel())
+        else:
+            logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+            self.val_pretrain_loss.update(lm_loss(logits, batch["labels"]), weight=batch["input_ids"].numel())
 
     def on_validation_epoch_end(self) -> None:
         self.log("val/score", self.val_score.compute(), prog_bar=True, sync_dist=True)

@@ -336,7 +336,7 @@ def test_validation_measures_the_ema_policy(hf, rm_exports, files, tmp_path):
     data = ppo_data(files)
     trainer(tmp_path, 1, max_steps=-1, max_epochs=1, limit_train_batches=1, limit_val_batches=1, val_check_interval=1).fit(module, data)
     logged = float(module.trainer.callback_metrics["val/pretrain_loss"])
-    batch = next(iter(data.val_dataloader()))["blocks"]  # the one held-out batch validation saw
+    batch = next(iter(data.val_dataloader()[1]))  # the one held-out batch validation saw
 
     def loss_of(model):
         with torch.no_grad():

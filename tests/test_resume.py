@@ -119,13 +119,6 @@ def test_help_lists_every_subcommand():
         assert f"  {name} " in result.stdout, name
 
 
-def test_ppo_validate_prints_each_metric_once(exports, tmp_path):
-    result = run_cli("validate", *ppo_flags(exports, tmp_path))
-    assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("val/score", "val/kl", "val/pretrain_loss", "val/response_length"):
-        assert result.stdout.count(name) == 1, (name, result.stdout[-2000:])
-
-
 @pytest.mark.parametrize("source, message", [
     ("/nonexistent/model", "/nonexistent/model: model directory not found"),
     ("someorg/no-such-model", "someorg/no-such-model: cannot load it: not a local directory, and not loadable from the Hugging Face hub"),
