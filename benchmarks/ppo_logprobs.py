@@ -2,7 +2,7 @@
 
 ``score_rollout(policy=None)`` turns the logits that ``generate`` kept into the old log-probs (no extra forward
 pass); ``score_rollout(policy=model, chunks=...)`` recomputes them with one policy pass per first-epoch minibatch,
-trimmed as the update trims it. ``PPOPtxModule(rollout_logprobs="auto")`` picks the first in ``32-true`` and the
+trimmed as the update trims it. ``PPOModule(rollout_logprobs="auto")`` picks the first in ``32-true`` and the
 second under any other precision. This script measures both, side by side, in fp32 and ``bf16-mixed``:
 
 * accuracy: |old log-prob - the update's log-prob| per response token of the first PPO minibatch, where the
@@ -60,8 +60,12 @@ def precision_context(precision: str):
 
 
 def load_prompts(tokenizer, max_prompt_tokens: int) -> list[list[int]]:
-    from lit_instruct.prompts import DEFAULT_TEMPLATE, PromptFormat, check_prompt_field
-    from lit_instruct.records import read_rows
+    from lit_instruct.data.prompt_format import (
+        DEFAULT_TEMPLATE,
+        PromptFormat,
+        check_prompt_field,
+    )
+    from lit_instruct.data.records import read_rows
 
     fmt = PromptFormat.from_tokenizer(tokenizer, DEFAULT_TEMPLATE, "auto")
     prompts = []
@@ -78,21 +82,25 @@ class Models:
     def __init__(self, tokenizer, n_layer: int, n_embd: int, n_head: int, seed: int) -> None:
         import torch
 
-        from lit_instruct.models import TinyConfig, disable_dropout, load_causal_lm
-        from lit_instruct.reward import RewardModel
+        from lit_instruct.models.causal_lm import (
+            TinyConfig,
+            disable_dropout,
+            load_causal_lm,
+        )
+        from lit_instruct.models.reward_model import RewardModel
 
         torch.manual_seed(seed)
         tiny = TinyConfig(n_layer=n_layer, n_embd=n_embd, n_head=n_head)
         self.policy = load_causal_lm("embedded", tokenizer, tiny=tiny)
-        self.ref = load_causal_lm("embedded", tokenizer, tiny=tiny, trainable=False)
-        self.ref.load_state_dict(self.policy.state_dict())
-        self.rm = RewardModel.from_causal_lm("embedded", tokenizer, tiny=tiny)
-        self.rm.backbone.load_state_dict(self.policy.transformer.state_dict())
-        self.critic = RewardModel(copy.deepcopy(self.rm.backbone), tokenizer, head=copy.deepcopy(self.rm.head), head_bias=True)
-        for model in (self.ref, self.rm):
+        self.reference = load_causal_lm("embedded", tokenizer, tiny=tiny, trainable=False)
+        self.reference.load_state_dict(self.policy.state_dict())
+        self.reward_model = RewardModel.from_causal_lm("embedded", tokenizer, tiny=tiny)
+        self.reward_model.backbone.load_state_dict(self.policy.transformer.state_dict())
+        self.critic = RewardModel(copy.deepcopy(self.reward_model.backbone), tokenizer, head=copy.deepcopy(self.reward_model.head), head_bias=True)
+        for model in (self.reference, self.reward_model):
             model.eval()
             model.requires_grad_(False)
-        for model in (self.policy, self.ref, self.rm.backbone, self.critic.backbone):
+        for model in (self.policy, self.reference, self.reward_model.backbone, self.critic.backbone):
             disable_dropout(model)
         self.start = {"policy": copy.deepcopy(self.policy.state_dict()), "critic": copy.deepcopy(self.critic.state_dict())}
         self.parameters = sum(p.numel() for p in self.policy.parameters())
@@ -110,7 +118,7 @@ class Models:
 
 def iteration(models: Models, tokenizer, prompts: list[list[int]], first_epoch: list, *, precision: str, modes: list[str],
               sample_seed: int, args) -> dict:
-    """One rollout and one PPO update as ``PPOPtxModule.training_step`` runs them (ptx off, one epoch), with the
+    """One rollout and one PPO update as ``PPOModule.training_step`` runs them (ptx off, one epoch), with the
     scoring step run once per mode on the same rollout (``modes``, in that order).
 
     The update does not depend on where the old log-probs came from (same weights, same minibatches, same shapes: only
@@ -119,9 +127,21 @@ def iteration(models: Models, tokenizer, prompts: list[list[int]], first_epoch: 
     (generation, update, and scoring per mode) and the accuracy figures per mode."""
     import torch
 
-    from lit_instruct.batching import pad
-    from lit_instruct.objectives import clipped_policy_loss, clipped_value_loss, gae, kl_penalized_rewards, masked_whiten
-    from lit_instruct.rollout import critic_values, generate, logprobs_from_logits, response_logits, score_rollout
+    from lit_instruct.data.batching import pad
+    from lit_instruct.objectives import (
+        clipped_policy_loss,
+        clipped_value_loss,
+        gae,
+        kl_penalized_rewards,
+        masked_whiten,
+    )
+    from lit_instruct.rollout import (
+        critic_values,
+        generate,
+        logprobs_from_logits,
+        response_logits,
+        score_rollout,
+    )
 
     optimizer = models.reset()
     policy, critic = models.policy, models.critic
@@ -129,7 +149,7 @@ def iteration(models: Models, tokenizer, prompts: list[list[int]], first_epoch: 
     query_mask = pad([[1] * len(p) for p in prompts], 0, left=True)
     out = {"scoring": {}}
     with precision_context(precision):
-        # ------------------------------------------------------------------ rollout (PPOPtxModule.rollout)
+        # ------------------------------------------------------------------ rollout (PPOModule.rollout)
         policy.eval()
         critic.eval()
         torch.manual_seed(sample_seed)
@@ -141,7 +161,7 @@ def iteration(models: Models, tokenizer, prompts: list[list[int]], first_epoch: 
         for mode in modes:
             rollout = copy.copy(sampled)  # score_rollout sets fields (and frees generation_logits) on its argument
             start = time.perf_counter()
-            scored[mode] = score_rollout(rollout, reference=models.ref, critic=critic, reward_model=models.rm,
+            scored[mode] = score_rollout(rollout, reference=models.reference, critic=critic, reward_model=models.reward_model,
                                          temperature=args.temperature, missing_eos_penalty=-1.0,
                                          policy=policy if mode == "recompute" else None, chunks=list(first_epoch))
             out["scoring"][mode] = time.perf_counter() - start
@@ -222,7 +242,7 @@ def main() -> None:
 
     import torch
 
-    from lit_instruct.models import load_tokenizer
+    from lit_instruct.models.causal_lm import load_tokenizer
 
     torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer("embedded")

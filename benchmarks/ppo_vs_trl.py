@@ -1,4 +1,4 @@
-"""PPO throughput: lit-instruct's ``PPOPtxModule`` (ptx_coef 0) vs TRL's PPO trainer, matched settings.
+"""PPO throughput: lit-instruct's ``PPOModule`` (ptx_coef 0) vs TRL's PPO trainer, matched settings.
 
 Both sides start from the same tiny models, written once by this script: a GPT-2 policy (the embedded 2 x 128
 config, random weights; its copy is the frozen reference) and a reward model whose backbone and head are the same
@@ -41,10 +41,10 @@ def prepare(folder: Path, args) -> None:
     import torch
     from transformers import GPT2ForSequenceClassification
 
-    from lit_instruct.models import load_causal_lm, load_tokenizer
-    from lit_instruct.prompts import format_prompt
-    from lit_instruct.records import read_rows
-    from lit_instruct.reward import RewardModel
+    from lit_instruct.data.prompt_format import format_prompt
+    from lit_instruct.data.records import read_rows
+    from lit_instruct.models.causal_lm import load_causal_lm, load_tokenizer
+    from lit_instruct.models.reward_model import RewardModel
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer("embedded")
@@ -78,7 +78,8 @@ def worker_lit(folder: Path, args) -> dict:
     import lightning as L
     import torch
 
-    from lit_instruct.ppo_ptx import PPOPtxDataModule, PPOPtxModule
+    from lit_instruct.data.prompts import PPODataModule
+    from lit_instruct.stages.ppo import PPOModule
 
     iterations = args.warmup + args.iterations
     times, splits, lengths = [], [], []
@@ -93,14 +94,14 @@ def worker_lit(folder: Path, args) -> dict:
             lengths.append(float(trainer.callback_metrics.get("rollout/response_length", torch.tensor(0.0))))
 
     L.seed_everything(args.seed, verbose=False)
-    module = PPOPtxModule(
+    module = PPOModule(
         policy_name_or_path=str(folder / "policy"), reward_model_path=str(folder / "reward"),
         total_episodes=iterations * args.batch, kl_coef=0.02, ptx_coef=0.0, ppo_epochs=args.ppo_epochs,
         minibatch_size=args.minibatch, max_new_tokens=args.response_length, temperature=1.0, missing_eos_penalty=None,
         optimizer=lambda params: torch.optim.AdamW(params, lr=3e-6, eps=1e-5), critic_lr=3e-6, warmup_steps=0,
         num_sample_prompts=0, export_dir=str(folder / f"lit-export-{os.getpid()}"),
     )
-    data = PPOPtxDataModule(prompts_file=str(folder / "prompts.jsonl"), rollout_batch_size=args.batch, val_fraction=0.01,
+    data = PPODataModule(prompts_file=str(folder / "prompts.jsonl"), rollout_batch_size=args.batch, val_fraction=0.01,
                             max_prompt_tokens=args.max_prompt_tokens, max_val_prompts=1, max_val_pretrain_blocks=1)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=-1, logger=False, enable_checkpointing=False,
                         limit_val_batches=0, num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False,
@@ -112,12 +113,17 @@ def worker_lit(folder: Path, args) -> dict:
 
 def worker_trl(folder: Path, args) -> dict:
     import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
-
     import trl.experimental.ppo.ppo_trainer as ppo_module
-    from lit_instruct.prompts import format_prompt
+    from datasets import Dataset
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        TrainerCallback,
+    )
     from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    from lit_instruct.data.prompt_format import format_prompt
 
     torch.manual_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(folder / "policy", padding_side="left")

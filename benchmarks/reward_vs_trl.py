@@ -48,9 +48,10 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import GPT2ForSequenceClassification, TrainerCallback
 
-from lit_instruct.models import disable_dropout
+from lit_instruct.data.rankings import RankedCollator, RewardDataModule
+from lit_instruct.models.causal_lm import disable_dropout
 from lit_instruct.objectives import ranking_loss
-from lit_instruct.reward import RankedCollator, RewardDataModule, RewardModule
+from lit_instruct.stages.reward import RewardModule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reward_grouped_vs_pairs import comparisons, load_groups
@@ -90,7 +91,7 @@ def build_module(args):
     torch.manual_seed(0)
     module = BenchRewardModule(args.model, min_lr_ratio=args.min_lr_ratio, warmup_steps=0,
                                optimizer=partial(torch.optim.AdamW, lr=args.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0))
-    disable_dropout(module.rm.backbone)  # as TRL's disable_dropout=True
+    disable_dropout(module.reward_model.backbone)  # as TRL's disable_dropout=True
     return module
 
 
@@ -201,21 +202,21 @@ def worker(args) -> dict:
     lit_steps = math.ceil(len(groups) / args.prompts_per_step)
     warmup = 0 if heldout else args.warmup
     out = {"side": args.worker, "setting": args.setting, "prompts": len(groups), "rss_setup_mb": rss_mb(),
-           "init_checksum": float(sum(p.detach().double().abs().sum() for p in module.rm.parameters())),
-           "head_bias": module.rm.head.bias is not None}
+           "init_checksum": float(sum(p.detach().double().abs().sum() for p in module.reward_model.parameters())),
+           "head_bias": module.reward_model.head.bias is not None}
     start = time.perf_counter()
     if args.worker == "lit":
         clock = fit_lit(module, groups, args, shuffle=heldout)
         out["tokens_expected"] = sum(len(ids) for g in groups for ids in g["input_ids"])  # each completion once
-        score, model = module.rm, module.rm
+        score, model = module.reward_model, module.reward_model
     else:
         pairs = expand(groups)
-        model = trl_model(module.rm, tokenizer)
+        model = trl_model(module.reward_model, tokenizer)
         b = RankedCollator(tokenizer.pad_token_id)(groups[:2])  # same init: per-token rewards agree
         ids, mask = b["input_ids"], b["attention_mask"]
         with torch.no_grad():
             trl_values = model.score(model.transformer(input_ids=ids, attention_mask=mask).last_hidden_state).squeeze(-1)
-            out["init_max_abs_diff"] = float(((module.rm.values(ids, mask) - trl_values).abs() * mask).max())
+            out["init_max_abs_diff"] = float(((module.reward_model.values(ids, mask) - trl_values).abs() * mask).max())
         seqs = [s for pair in pairs for s in pair]
         out["ends_with_eos"] = sum(s[-1] == eos for s in seqs) / len(seqs)  # TRL reads these one token early
         out["text_path_same_ids"], out["text_path_dropped_pairs"] = text_path_check(tokenizer, pairs)

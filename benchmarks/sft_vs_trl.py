@@ -49,7 +49,7 @@ def rss_mib() -> float:
 
 def data_module(args):
     """SFTDataModule with its train rows shuffled once (seed 0) and then read in order, so TRL can get the same order."""
-    from lit_instruct.sft import SFTDataModule
+    from lit_instruct.data.demonstrations import SFTDataModule
 
     class FixedOrder(SFTDataModule):
         def prepare(self, max_length: int) -> None:
@@ -96,8 +96,8 @@ def run_lit(args, steps: Steps, cuda: bool) -> float:
 
     import lightning as L
 
-    from lit_instruct.sft import SFTModule
-    from lit_instruct.stage import default_optimizer
+    from lit_instruct.stages.sft import SFTModule
+    from lit_instruct.stages.stage import default_optimizer
 
     class Timer(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -165,7 +165,7 @@ def worker(args) -> None:
     cuda = torch.cuda.is_available() and not args.cpu
     steps = Steps(cuda)
     if args.worker == "lit":  # import first, so that the RSS increase is that of the model, data and training
-        from lit_instruct.sft import SFTModule  # noqa: F401
+        from lit_instruct.stages.sft import SFTModule  # noqa: F401
     else:
         from trl import SFTConfig, SFTTrainer  # noqa: F401
     rss_before = rss_mib()
@@ -183,7 +183,7 @@ def worker(args) -> None:
 
 def prepare(args, model_dir: str) -> int:
     """Build the embedded tiny GPT-2 once, save it and its tokenizer, and write the encoded training rows."""
-    from lit_instruct.models import load_causal_lm, load_tokenizer
+    from lit_instruct.models.causal_lm import load_causal_lm, load_tokenizer
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer("embedded")

@@ -1,4 +1,4 @@
-from lit_instruct.cli import main
+from lit_instruct.tools.cli import main
 
 if __name__ == "__main__":
     main()

@@ -49,8 +49,8 @@ class RewardModelSelection(L.Callback):
 
     After each validation, generates responses to the first ``num_prompts`` validation prompts (greedy), scores them
     with the reward model at ``reward_model_path`` (a normalised export from an earlier run), and logs
-    ``val/rm_score``. The weights with the best score are kept (on CPU) and put back at the end of fit, so the stage's
-    export is the selected model. Use ``ModelCheckpoint(monitor="val/rm_score", mode="max")`` to keep the checkpoint
+    ``val/reward_model_score``. The weights with the best score are kept (on CPU) and put back at the end of fit, so the stage's
+    export is the selected model. Use ``ModelCheckpoint(monitor="val/reward_model_score", mode="max")`` to keep the checkpoint
     too. Not for ZeRO-3 (sharded weights).
 
     Args:
@@ -69,7 +69,7 @@ class RewardModelSelection(L.Callback):
         self.scores: list[float] = []
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        from lit_instruct.reward import RewardModel
+        from lit_instruct.models.reward_model import RewardModel
 
         if getattr(trainer.strategy, "zero_stage_3", False):
             raise ValueError("RewardModelSelection does not support ZeRO-3")
@@ -85,7 +85,7 @@ class RewardModelSelection(L.Callback):
         responses = pl_module.generate(prompts, self.max_new_tokens)
         score = float(self.reward_model.score(prompts, responses, prompts_are_formatted=True).mean())
         self.scores.append(score)
-        pl_module.log("val/rm_score", score, sync_dist=True)
+        pl_module.log("val/reward_model_score", score, sync_dist=True)
         if score > self.best_score:
             self.best_score = score
             self.best_state = {k: v.detach().cpu().clone() for k, v in pl_module.model.state_dict().items()}
@@ -95,4 +95,4 @@ class RewardModelSelection(L.Callback):
             pl_module.model.load_state_dict(self.best_state)
             from lightning.pytorch.utilities import rank_zero_info
 
-            rank_zero_info(f"[rm selection] exporting the weights with the best val/rm_score {self.best_score:.4f} (of {len(self.scores)} validations)")
+            rank_zero_info(f"[reward-model selection] exporting the weights with the best val/reward_model_score {self.best_score:.4f} (of {len(self.scores)} validations)")

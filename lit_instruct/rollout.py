@@ -30,7 +30,7 @@ class Rollout:
     ref_logprobs: torch.Tensor | None = None  # (b, r) reference
     values: torch.Tensor | None = None  # (b, r) critic
     scores: torch.Tensor | None = None  # (b,) reward model, normalised; the penalty where the response never ended
-    rm_scores: torch.Tensor | None = None  # (b,) reward model, before any penalty
+    reward_model_scores: torch.Tensor | None = None  # (b,) reward model, before any penalty
     entropy: torch.Tensor | None = None  # (b, r) policy entropy at each response position
     generation_logits: torch.Tensor | None = None  # (b, r, v) the policy's raw logits while sampling; freed once scored
 
@@ -198,8 +198,8 @@ def score_rollout(rollout: Rollout, *, reference, critic, reward_model, temperat
     if policy is not None:
         rollout.logprobs, rollout.entropy = logprobs, entropy
     rollout.ref_logprobs, rollout.values = ref_logprobs, values
-    rollout.rm_scores = reward_model(rollout.input_ids, rollout.attention_mask)
-    rollout.scores = rollout.rm_scores.clone()
+    rollout.reward_model_scores = reward_model(rollout.input_ids, rollout.attention_mask)
+    rollout.scores = rollout.reward_model_scores.clone()
     if missing_eos_penalty is not None:
         rollout.scores[~rollout.ended] = missing_eos_penalty
     return rollout

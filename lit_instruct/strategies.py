@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 
+from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.strategies.ddp import DDPStrategy
-from lightning.fabric.utilities.seed import reset_seed
 
 
 class CPUDeepSpeedStrategy(DeepSpeedStrategy):

@@ -17,7 +17,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from lit_instruct.models import load_tokenizer
+    from lit_instruct.models.causal_lm import load_tokenizer
 
     return load_tokenizer("embedded")
 

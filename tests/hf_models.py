@@ -160,8 +160,9 @@ def _base_bpe() -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
 
     Read once per process (the embedded tokenizer is trained, and cached by the project, on first use).
     """
-    from lit_instruct.models import load_tokenizer
     from tokenizers import Tokenizer
+
+    from lit_instruct.models.causal_lm import load_tokenizer
 
     base = load_tokenizer("embedded")
     data = json.loads(Tokenizer.from_str(base.backend_tokenizer.to_str()).to_str())

@@ -8,8 +8,8 @@ recomputes it there, nothing else does); and PPO's first-minibatch and KL metric
 
 from __future__ import annotations
 
-import torch
 import lightning as L
+import torch
 
 
 def first_layer(model: torch.nn.Module) -> torch.nn.Module:
@@ -67,7 +67,7 @@ class StageProbe(L.Callback):
             model = pl_module.trained_module()
             with torch.no_grad():
                 ids, mask = batch["input_ids"][:2], batch["attention_mask"][:2]
-                outputs = [pl_module(ids, mask) if hasattr(pl_module, "model") else pl_module.rm(ids, mask) for _ in range(2)]
+                outputs = [pl_module(ids, mask) if hasattr(pl_module, "model") else pl_module.reward_model(ids, mask) for _ in range(2)]
             self.record["dropout_live"] = not torch.equal(outputs[0], outputs[1])
             assert model.training
 

@@ -11,12 +11,21 @@ import traceback
 
 import lightning as L
 import pytest
-import torch
 
-from lit_instruct import (BaseDataModule, BaseModule, PPOPtxDataModule, PPOPtxModule, RewardDataModule, RewardModel,
-                          RewardModule, SFTDataModule, SFTModule, TinyConfig)
-from lit_instruct.export import save_export
-from lit_instruct.records import DataError, in_validation
+from lit_instruct import (
+    PPODataModule,
+    PPOModule,
+    PretrainDataModule,
+    PretrainModule,
+    RewardDataModule,
+    RewardModel,
+    RewardModule,
+    SFTDataModule,
+    SFTModule,
+    TinyConfig,
+)
+from lit_instruct.data.records import DataError, in_validation
+from lit_instruct.models.export import save_export
 
 TINY = TinyConfig(n_layer=1, n_embd=32, n_head=2, n_positions=128)
 
@@ -158,7 +167,7 @@ def exports(tmp_path_factory, tokenizer):
 
 
 def ppo(exports, **kwargs):
-    return PPOPtxModule(policy_name_or_path=str(exports / "sft"), reward_model_path=str(exports / "rm"), max_new_tokens=8,
+    return PPOModule(policy_name_or_path=str(exports / "sft"), reward_model_path=str(exports / "rm"), max_new_tokens=8,
                         minibatch_size=2, ptx_examples_per_episode=1, num_sample_prompts=0, **kwargs)
 
 
@@ -198,7 +207,7 @@ def test_ppo_bad_file(case, exports, tmp_path):
     lines = documents(settings["long_in"]) if "long_in" in settings else lines
     path = write(tmp_path / name, lines)
     files = {"prompts_file": path} if which == "prompts" else {"pretrain_file": path, "pretrain_val_fraction": 0.5}
-    dm = PPOPtxDataModule(rollout_batch_size=4, max_prompt_tokens=48, max_val_prompts=2, val_batch_size=2, ptx_block_size=32,
+    dm = PPODataModule(rollout_batch_size=4, max_prompt_tokens=48, max_val_prompts=2, val_batch_size=2, ptx_block_size=32,
                           max_val_pretrain_blocks=2, **files)
     message = fit_fails(ppo(exports), dm, tmp_path)
     check(message, path, *expected)
@@ -206,7 +215,7 @@ def test_ppo_bad_file(case, exports, tmp_path):
 
 def test_plain_ppo_needs_no_training_text_but_still_held_out_text(tmp_path, tokenizer):
     path = write(tmp_path / "t.txt", documents("held-out"))
-    dm = PPOPtxDataModule(pretrain_file=path, pretrain_val_fraction=0.5, ptx_block_size=32, max_prompt_tokens=48)
+    dm = PPODataModule(pretrain_file=path, pretrain_val_fraction=0.5, ptx_block_size=32, max_prompt_tokens=48)
     dm.tokenizer = tokenizer
     dm.prepare(needs_ptx=False)  # ptx_coef 0: the training text is never used
     assert dm.val_blocks and not dm.ptx_blocks
@@ -232,8 +241,8 @@ def test_base_bad_file(case, tmp_path):
     name, lines, settings, expected = BASE_FILES[case]
     lines = documents(settings["long_in"]) if "long_in" in settings else lines
     path = write(tmp_path / name, lines)
-    dm = BaseDataModule(text_file=path, val_fraction=0.5, block_size=32, batch_size=2)
-    message = fit_fails(BaseModule(tiny=TINY, num_sample_prompts=0), dm, tmp_path)
+    dm = PretrainDataModule(text_file=path, val_fraction=0.5, block_size=32, batch_size=2)
+    message = fit_fails(PretrainModule(tiny=TINY, num_sample_prompts=0), dm, tmp_path)
     check(message, path, *expected)
 
 
@@ -249,17 +258,17 @@ SETTINGS = [
     (RewardDataModule, "val_fraction", -0.1, "data.val_fraction must be in [0, 1), got -0.1"),
     (RewardDataModule, "normalization_rows", 0, "data.normalization_rows must be >= 1, got 0"),
     (RewardDataModule, "min_completion_tokens", 0, "data.min_completion_tokens must be >= 1, got 0"),
-    (PPOPtxDataModule, "rollout_batch_size", 0, "data.rollout_batch_size must be >= 1, got 0"),
-    (PPOPtxDataModule, "val_batch_size", 0, "data.val_batch_size must be >= 1, got 0"),
-    (PPOPtxDataModule, "max_val_prompts", 0, "data.max_val_prompts must be >= 1, got 0"),
-    (PPOPtxDataModule, "max_prompt_tokens", 0, "data.max_prompt_tokens must be >= 1, got 0"),
-    (PPOPtxDataModule, "ptx_block_size", 1, "data.ptx_block_size must be >= 2, got 1"),
-    (PPOPtxDataModule, "max_val_pretrain_blocks", 0, "data.max_val_pretrain_blocks must be >= 1, got 0"),
-    (PPOPtxDataModule, "pretrain_val_fraction", 1.5, "data.pretrain_val_fraction must be in [0, 1), got 1.5"),
-    (PPOPtxDataModule, "val_fraction", float("nan"), "data.val_fraction must be a number, got nan"),
-    (BaseDataModule, "batch_size", 0, "data.batch_size must be >= 1, got 0"),
-    (BaseDataModule, "block_size", 1, "data.block_size must be >= 2, got 1"),
-    (BaseDataModule, "val_fraction", 1, "data.val_fraction must be in [0, 1), got 1"),
+    (PPODataModule, "rollout_batch_size", 0, "data.rollout_batch_size must be >= 1, got 0"),
+    (PPODataModule, "val_batch_size", 0, "data.val_batch_size must be >= 1, got 0"),
+    (PPODataModule, "max_val_prompts", 0, "data.max_val_prompts must be >= 1, got 0"),
+    (PPODataModule, "max_prompt_tokens", 0, "data.max_prompt_tokens must be >= 1, got 0"),
+    (PPODataModule, "ptx_block_size", 1, "data.ptx_block_size must be >= 2, got 1"),
+    (PPODataModule, "max_val_pretrain_blocks", 0, "data.max_val_pretrain_blocks must be >= 1, got 0"),
+    (PPODataModule, "pretrain_val_fraction", 1.5, "data.pretrain_val_fraction must be in [0, 1), got 1.5"),
+    (PPODataModule, "val_fraction", float("nan"), "data.val_fraction must be a number, got nan"),
+    (PretrainDataModule, "batch_size", 0, "data.batch_size must be >= 1, got 0"),
+    (PretrainDataModule, "block_size", 1, "data.block_size must be >= 2, got 1"),
+    (PretrainDataModule, "val_fraction", 1, "data.val_fraction must be in [0, 1), got 1"),
 ]
 
 

@@ -5,9 +5,9 @@ import io
 
 import pytest
 import yaml
-
 from conftest import CONFIGS
-from lit_instruct.cli import main
+
+from lit_instruct.tools.cli import main
 
 STAGE_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in ("trainer", "pipeline"))
 TRAINER_CONFIGS = sorted((CONFIGS / "trainer").glob("*.yaml"))
@@ -25,7 +25,7 @@ def print_config(*configs) -> dict:
 
 
 def test_there_are_configs_for_every_stage():
-    assert {p.parent.name for p in STAGE_CONFIGS} >= {"base", "sft", "reward", "ppo_ptx"}
+    assert {p.parent.name for p in STAGE_CONFIGS} >= {"pretrain", "sft", "reward", "ppo"}
     assert {p.stem for p in TRAINER_CONFIGS} >= {"cpu", "cpu_zero2", "cpu_zero3", "gpu_ddp", "gpu_zero2", "gpu_zero3"}
     for stage in {p.parent.name for p in STAGE_CONFIGS}:
         assert (CONFIGS / stage / "tiny.yaml").is_file(), f"stage {stage} has no tiny config"

@@ -21,15 +21,19 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-
 from conftest import CONFIGS
 from hf_models import CHAT_FAMILIES, FAMILIES, write_hf_model
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
+
 from lit_instruct import bundled
-from lit_instruct.cli import LitInstructCLI
-from lit_instruct.export import read_metadata
-from lit_instruct.models import dropout_probabilities
-from lit_instruct.reward import RewardModel
+from lit_instruct.models.causal_lm import dropout_probabilities
+from lit_instruct.models.export import read_metadata
+from lit_instruct.models.reward_model import RewardModel
+from lit_instruct.tools.cli import LitInstructCLI
 
 # (stored dtype, training precision, export dtype): each family runs both rows.
 SETTINGS = [(torch.float16, "32-true", "float32"), (torch.bfloat16, "bf16-mixed", "bfloat16")]
@@ -121,9 +125,9 @@ def test_every_stage_on_a_real_architecture(family, setting, small_data, tmp_pat
     record = probe_of(rm)
     assert_trained_and_frozen_modes(record)
     assert record["recomputed_layer_calls"] >= record["backward_passes"] > 0
-    assert_fp32_masters([rm.model.rm])
+    assert_fp32_masters([rm.model.reward_model])
     assert "val/accuracy" in rm.trainer.callback_metrics
-    shift = rm.model.rm.reward_shift
+    shift = rm.model.reward_model.reward_shift
     assert isinstance(shift, float) and shift != 0.0
     seq_cls = assert_export_dtype(tmp_path / "rm", export_dtype, AutoModelForSequenceClassification)
     assert seq_cls.config.num_labels == 1 and seq_cls.config.reward_normalization["shift"] == shift  # exactly
@@ -133,9 +137,9 @@ def test_every_stage_on_a_real_architecture(family, setting, small_data, tmp_pat
     assert torch.isfinite(reloaded.score(["Say hi.", "Name a colour."], ["Hi!", "Blue."])).all()
 
     # ---------------------------------------------------------------- PPO-ptx, then plain PPO
-    runs = [("ppo_ptx/tiny.yaml", "ppo_ptx", "auto"), ("ppo_ptx/tiny_plain_ppo.yaml", "ppo", "auto")]
+    runs = [("ppo/tiny.yaml", "ppo_ptx", "auto"), ("ppo/tiny_plain.yaml", "ppo", "auto")]
     if family == "gpt2" and precision == "bf16-mixed":  # the control: the sampling shortcut under bf16 is what the probe catches
-        runs.append(("ppo_ptx/tiny.yaml", "ppo_sampling", "sampling"))
+        runs.append(("ppo/tiny.yaml", "ppo_sampling", "sampling"))
     for config, name, logprobs in runs:
         ppo = cli(config, *common, "--model.rollout_logprobs", logprobs, "--model.policy_name_or_path", str(tmp_path / "sft"),
                   "--model.reward_model_path", str(tmp_path / "rm"), "--model.export_dir", str(tmp_path / name),

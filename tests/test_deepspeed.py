@@ -2,9 +2,8 @@
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
-
 from conftest import CONFIGS, run_cli, tiny_overrides
+from transformers import AutoModelForCausalLM
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +42,7 @@ def test_zero2_and_zero3_train_the_same_weights(zero_runs):
     """Same seed, data order and fp32 reductions: ZeRO-3's gathered export equals ZeRO-2's."""
     a, b = weights(zero_runs[2] / "export"), weights(zero_runs[3] / "export")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-    from lit_instruct.models import load_causal_lm, load_tokenizer
+    from lit_instruct.models.causal_lm import load_causal_lm, load_tokenizer
 
     torch.manual_seed(1234)
     init = load_causal_lm("embedded", load_tokenizer("embedded")).state_dict()
@@ -86,7 +85,7 @@ def test_ppo_ptx_trains_and_resumes_under_zero(zero_runs, zero_reward_runs, tmp_
     import json
 
     args = [
-        "fit", "--config", str(CONFIGS / "ppo_ptx" / "tiny.yaml"), "--config", str(CONFIGS / "trainer" / f"cpu_zero{stage}.yaml"),
+        "fit", "--config", str(CONFIGS / "ppo" / "tiny.yaml"), "--config", str(CONFIGS / "trainer" / f"cpu_zero{stage}.yaml"),
         "--model.policy_name_or_path", str(zero_runs[stage] / "export"),
         "--model.reward_model_path", str(zero_reward_runs[stage] / "export"),
         "--model.adaptive_kl", "true", "--model.kl_target", "0.01", "--model.kl_horizon", "100",

@@ -1,7 +1,6 @@
 """Exports never destroy what is not an export; checkpoints load with weights_only and never run code."""
 
 import functools
-import json
 import os
 import pathlib
 import sys
@@ -9,19 +8,13 @@ import sys
 import lightning as L
 import pytest
 import torch
+from conftest import run_cli
 from lightning.pytorch.callbacks import ModelCheckpoint
 from safetensors.torch import load_file
 
-from conftest import run_cli
 from lit_instruct import SFTDataModule, SFTModule, TinyConfig
-from lit_instruct.export import (
-    CheckpointError,
-    ExportError,
-    _weights_only_everywhere,
-    export_checkpoint,
-    read_metadata,
-    save_export,
-)
+from lit_instruct.models.export import ExportError, read_metadata, save_export
+from lit_instruct.tools.checkpoints import CheckpointError, _weights_only_everywhere, export_checkpoint
 
 TINY = TinyConfig(n_layer=1, n_embd=32, n_head=2, n_positions=64)
 
@@ -159,7 +152,7 @@ def payloads(marker: pathlib.Path) -> dict:
 
 def evil_checkpoint(tmp_path: pathlib.Path, payload) -> pathlib.Path:
     ckpt = tmp_path / "evil.ckpt"
-    torch.save({"lit_instruct": {"class_path": "lit_instruct.sft.SFTModule", "stage": "sft"}, "state_dict": {},
+    torch.save({"lit_instruct": {"class_path": "lit_instruct.stages.sft.SFTModule", "stage": "sft"}, "state_dict": {},
                 "hyper_parameters": {}, "callbacks": {"x": payload}}, ckpt)
     return ckpt
 
@@ -222,7 +215,7 @@ def zero_folder(root: pathlib.Path, optim_payload=None) -> pathlib.Path:
     (root / "last.ckpt" / "latest").write_text("checkpoint")
     for rank in (0, 1):
         torch.save({"buffer_names": [], "param_shapes": [{}], "shared_params": {}, "module": {},
-                    "lit_instruct": {"class_path": "lit_instruct.sft.SFTModule", "stage": "sft"}},
+                    "lit_instruct": {"class_path": "lit_instruct.stages.sft.SFTModule", "stage": "sft"}},
                    shards / f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt")
         optim = {"optimizer_state_dict": {"zero_stage": 3, "partition_count": 2, "fp32_flat_groups": [torch.zeros(1)]}}
         if rank == 1 and optim_payload is not None:
@@ -288,7 +281,7 @@ def test_fit_refuses_a_foreign_export_directory_before_training(tmp_path):
     import lightning as L
 
     from lit_instruct import SFTDataModule, SFTModule, TinyConfig
-    from lit_instruct.export import ExportError
+    from lit_instruct.models.export import ExportError
 
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -9,7 +9,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import hf_models  # noqa: E402
-from hf_models import CHAT_FAMILIES, DROPOUT, DTYPES, FAMILIES, TOKENIZER_CLASS, dropout_fields, write_hf_model  # noqa: E402
+from hf_models import (  # noqa: E402
+    CHAT_FAMILIES,
+    DROPOUT,
+    DTYPES,
+    FAMILIES,
+    TOKENIZER_CLASS,
+    dropout_fields,
+    write_hf_model,
+)
 
 transformers = pytest.importorskip("transformers")
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer  # noqa: E402

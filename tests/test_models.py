@@ -3,10 +3,21 @@
 import lightning as L
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 from lit_instruct import SFTDataModule, SFTModule
-from lit_instruct.models import disable_dropout, load_causal_lm, load_tokenizer, train_embedded_tokenizer
+from lit_instruct.models.causal_lm import (
+    disable_dropout,
+    load_causal_lm,
+    load_tokenizer,
+    train_embedded_tokenizer,
+)
 
 
 def test_embedded_tokenizer_is_deterministic(tokenizer):

@@ -3,7 +3,6 @@
 import math
 
 import pytest
-
 import torch
 
 from lit_instruct.objectives import IGNORE_INDEX, lm_loss, token_logprobs

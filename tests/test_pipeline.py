@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import run_cli
-from lit_instruct.pipeline import STAGES, Pipeline, PipelineConfig
+
+from lit_instruct.tools.pipeline import STAGES, Pipeline, PipelineConfig
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_sweep_runs_a_grid_offline_resumes_and_the_study_plots_it(smoke_run, tmp
     """A 2-run ptx_coef grid on the smoke pipeline's exports through `lit-instruct sweep` (W&B offline), a rerun
     that finds the grid done, then `lit-instruct study`."""
     sweep_file = tmp_path / "grid.yaml"
-    command = ["${env}", "lit-instruct", "fit", "--config", "configs/ppo_ptx/tiny.yaml",
+    command = ["${env}", "lit-instruct", "fit", "--config", "configs/ppo/tiny.yaml",
                f"--model.policy_name_or_path={smoke_run / 'sft' / 'export'}",
                f"--model.reward_model_path={smoke_run / 'reward' / 'export'}",
                "--model.total_episodes=16", "--trainer.val_check_interval=1",
@@ -83,7 +83,7 @@ def fake_runs(monkeypatch):
         Path(export).mkdir(parents=True, exist_ok=True)
         return subprocess.CompletedProcess(command, 0)
 
-    monkeypatch.setattr("lit_instruct.pipeline.subprocess.run", fake_run)
+    monkeypatch.setattr("lit_instruct.tools.pipeline.subprocess.run", fake_run)
     return ran
 
 

@@ -5,9 +5,15 @@ import warnings
 
 import pytest
 
-from lit_instruct.models import load_tokenizer
-from lit_instruct.prompts import (DEFAULT_TEMPLATE, PromptFormat, check_end_of_turn, format_prompt, format_response,
-                                  parse_conversation)
+from lit_instruct.data.prompt_format import (
+    DEFAULT_TEMPLATE,
+    PromptFormat,
+    check_end_of_turn,
+    format_prompt,
+    format_response,
+    parse_conversation,
+)
+from lit_instruct.models.causal_lm import load_tokenizer
 
 CHATML = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"

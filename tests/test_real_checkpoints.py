@@ -18,13 +18,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import hf_models  # noqa: E402
 from conftest import CONFIGS  # noqa: E402
 from hf_models import write_hf_model  # noqa: E402
+
 from lit_instruct import (  # noqa: E402
-    PPOPtxDataModule, PPOPtxModule, RewardDataModule, RewardModel, RewardModule, SFTDataModule, SFTModule, TinyConfig,
+    PPODataModule,
+    PPOModule,
+    RewardDataModule,
+    RewardModel,
+    RewardModule,
+    SFTDataModule,
+    SFTModule,
+    TinyConfig,
 )
-from lit_instruct.export import save_export  # noqa: E402
-from lit_instruct.models import load_tokenizer  # noqa: E402
+from lit_instruct.data.prompt_format import DEFAULT_TEMPLATE, format_prompt  # noqa: E402
+from lit_instruct.models.causal_lm import load_tokenizer  # noqa: E402
+from lit_instruct.models.export import save_export  # noqa: E402
 from lit_instruct.objectives import lm_loss  # noqa: E402
-from lit_instruct.prompts import DEFAULT_TEMPLATE, format_prompt  # noqa: E402
 
 FP16, BF16 = torch.float16, torch.bfloat16
 QA_TEMPLATE = "Q: {prompt}\nA:"
@@ -108,14 +116,14 @@ def ppo(policy, rm, tmp_path, **kwargs):
     args = dict(policy_name_or_path=str(policy), reward_model_path=str(rm), max_new_tokens=8, minibatch_size=4,
                 ptx_examples_per_episode=1, num_sample_prompts=0, warmup_steps=0, export_dir=str(tmp_path / "ppo_export"),
                 optimizer=lambda p: torch.optim.Adam(p, lr=1e-3, eps=1e-5))
-    return PPOPtxModule(**{**args, **kwargs})
+    return PPOModule(**{**args, **kwargs})
 
 
 def ppo_data(files, **kwargs):
     args = dict(prompts_file=files["prompts"], pretrain_file=files["pretrain"], pretrain_val_fraction=0.3, val_fraction=0.2,
                 rollout_batch_size=8, max_prompt_tokens=48, max_val_prompts=4, val_batch_size=4, ptx_block_size=32,
                 max_val_pretrain_blocks=4)
-    return PPOPtxDataModule(**{**args, **kwargs})
+    return PPODataModule(**{**args, **kwargs})
 
 
 def all_train(module: torch.nn.Module) -> bool:
@@ -179,7 +187,7 @@ def test_sft_and_reward_train_in_train_mode_from_a_hub_checkpoint(hf, files, tmp
 def test_ppo_updates_in_train_mode_and_frozen_models_stay_in_eval(hf, rm_exports, files, tmp_path):
     module = ppo(hf["gpt2"], rm_exports["default"], tmp_path)
     calls = {name: [] for name in ("policy", "critic", "ref", "rm")}
-    watched = {"policy": module.policy, "critic": module.critic.backbone, "ref": module.ref, "rm": module.rm.backbone}
+    watched = {"policy": module.policy, "critic": module.critic.backbone, "ref": module.reference, "rm": module.reward_model.backbone}
 
     def record(name):
         return lambda m, args, out: calls[name].append((all_train(m), all_eval(m), torch.is_grad_enabled()))
@@ -204,7 +212,7 @@ def test_fp16_checkpoints_load_as_fp32_masters(hf, tmp_path):
     sft = SFTModule(model_name_or_path=str(hf["gpt2"]), num_sample_prompts=0)
     assert {p.dtype for p in sft.model.parameters()} == {torch.float32}
     reward = RewardModule(model_name_or_path=str(hf["gpt2"]))
-    assert {p.dtype for p in reward.rm.parameters()} == {torch.float32}
+    assert {p.dtype for p in reward.reward_model.parameters()} == {torch.float32}
     module = ppo(hf["gpt2"], hf["gpt2_rm"], tmp_path, critic_name_or_path=str(hf["gpt2_rm"]), require_reward_normalization=False)
     assert {p.dtype for m in (module.policy, module.critic) for p in m.parameters()} == {torch.float32}
 
@@ -212,8 +220,8 @@ def test_fp16_checkpoints_load_as_fp32_masters(hf, tmp_path):
 def test_bf16_reward_export_scores_and_keeps_the_exact_shift(hf, tmp_path):
     shift = 0.123456789  # not a bf16 number (bf16 would round it to 0.12353515625)
     module = RewardModule(model_name_or_path=str(hf["gpt2"]), export_dtype="bfloat16")
-    module.rm.reward_shift = shift
-    module.rm.normalization = {"shift": shift, "raw_mean": -shift, "rows": 3}
+    module.reward_model.reward_shift = shift
+    module.reward_model.normalization = {"shift": shift, "raw_mean": -shift, "rows": 3}
     out = module.export(tmp_path / "rm_bf16")
     assert safetensors_dtypes(out) == {"BF16"}
     rm = RewardModel.from_pretrained(out, dtype="bfloat16")
@@ -246,7 +254,7 @@ def test_bf16_mixed_step_with_a_tiny_lr_moves_the_fp32_weights(hf, files, tmp_pa
 def test_disable_dropout_disables_float_dropout(family):
     from transformers import AutoModelForCausalLM
 
-    from lit_instruct import models
+    from lit_instruct.models import causal_lm as models
 
     tok = hf_models.build_tokenizer(family)
     torch.manual_seed(0)
@@ -271,8 +279,8 @@ def test_disable_dropout_disables_float_dropout(family):
 def test_zero_residual_dropout_is_a_no_op_on_llama(hf, tmp_path):
     from transformers import AutoConfig
 
-    from lit_instruct.cli import LitInstructCLI
-    from lit_instruct.models import set_dropout
+    from lit_instruct.models.causal_lm import set_dropout
+    from lit_instruct.tools.cli import LitInstructCLI
 
     config = AutoConfig.from_pretrained(hf["llama"])
     before = config.to_dict()
@@ -409,11 +417,11 @@ def test_trl_style_sequence_classification_reward_models_are_accepted(hf, tmp_pa
     assert rm.score(["Say hi"], ["hi"]).shape == (1,)
 
     module = RewardModule(model_name_or_path=str(path))
-    assert torch.equal(module.rm.head.weight.detach(), stored), "the directory's score head was replaced"
+    assert torch.equal(module.reward_model.head.weight.detach(), stored), "the directory's score head was replaced"
 
     # PPO with a policy of the same family and tokenizer, the directory as reward model and critic.
     module = ppo(hf["qwen2"], path, tmp_path, critic_name_or_path=str(path), require_reward_normalization=False)
-    assert torch.equal(module.rm.head.weight.detach(), stored) and module.rm.reward_shift == 0.0
+    assert torch.equal(module.reward_model.head.weight.detach(), stored) and module.reward_model.reward_shift == 0.0
     assert torch.equal(module.critic.head.weight.detach(), stored)
     with pytest.raises(ValueError, match="require_reward_normalization"):
         ppo(hf["qwen2"], path, tmp_path, critic_name_or_path=str(path))
@@ -442,8 +450,8 @@ def test_reward_exports_of_the_earlier_format_still_load(tokenizer, tmp_path):
     from safetensors.torch import save_file
     from transformers import GPT2Model
 
-    from lit_instruct.models import embedded_config
-    from lit_instruct.reward import LEGACY_HEAD_FILE
+    from lit_instruct.models.causal_lm import embedded_config
+    from lit_instruct.models.reward_model import LEGACY_HEAD_FILE
 
     torch.manual_seed(0)
     backbone = GPT2Model(embedded_config(tokenizer))

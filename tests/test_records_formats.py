@@ -4,7 +4,14 @@ import json
 
 import pytest
 
-from lit_instruct.records import DataError, Problem, RowNumber, check_columns, check_text_fields, read_rows
+from lit_instruct.data.records import (
+    DataError,
+    Problem,
+    RowNumber,
+    check_columns,
+    check_text_fields,
+    read_rows,
+)
 
 datasets = pytest.importorskip("datasets")
 

@@ -8,11 +8,11 @@ import signal
 import lightning as L
 import pytest
 import torch
+from conftest import CONFIGS, run_cli
 from safetensors.torch import load_file
 
-from conftest import CONFIGS, run_cli
 from lit_instruct import RewardModel, SFTDataModule, SFTModule, TinyConfig
-from lit_instruct.export import save_export
+from lit_instruct.models.export import save_export
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def ppo(exports, root, *flags):
 
 
 def ppo_flags(exports, root, *flags):
-    return ( "--config", str(CONFIGS / "ppo_ptx/tiny.yaml"),
+    return ( "--config", str(CONFIGS / "ppo/tiny.yaml"),
                    "--model.policy_name_or_path", str(exports / "sft"), "--model.reward_model_path", str(exports / "rm"),
                    "--model.max_new_tokens", "6", "--model.minibatch_size", "2", "--model.ptx_examples_per_episode", "1",
                    "--model.num_sample_prompts", "0", "--model.warmup_steps", "0",

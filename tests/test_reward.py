@@ -5,13 +5,14 @@ import json
 import lightning as L
 import pytest
 import torch
+from conftest import CONFIGS, run_cli, tiny_overrides
 from lightning.pytorch.loggers import CSVLogger
 
-from conftest import CONFIGS, run_cli, tiny_overrides
 from lit_instruct import RewardDataModule, RewardModel, RewardModule
+from lit_instruct.data.rankings import RankedCollator, expand_to_pairs
+from lit_instruct.data.records import DataError
+from lit_instruct.models.reward_model import last_token_index
 from lit_instruct.objectives import ranking_loss
-from lit_instruct.records import DataError
-from lit_instruct.reward import RankedCollator, expand_to_pairs, last_token_index
 
 
 def write_jsonl(path, rows):
@@ -103,8 +104,8 @@ def test_gradients_reach_the_backbone(tokenizer, tmp_path):
     batch = RankedCollator(tokenizer.pad_token_id)(dm.train_groups[:2])
     loss = ranking_loss(module.rewards(batch), batch["ranks"], batch["mask"])["loss"]
     loss.backward()
-    assert module.rm.backbone.h[0].attn.c_attn.weight.grad.abs().sum() > 0
-    assert module.rm.backbone.wte.weight.grad.abs().sum() > 0
+    assert module.reward_model.backbone.h[0].attn.c_attn.weight.grad.abs().sum() > 0
+    assert module.reward_model.backbone.wte.weight.grad.abs().sum() > 0
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +122,7 @@ def trained(tmp_path_factory):
 
 def test_tiny_reward_model_learns_well_above_chance(trained):
     module, data, trainer, _ = trained
-    module.rm.eval()
+    module.reward_model.eval()
     correct = total = 0
     with torch.no_grad():
         for batch in list(data.train_dataloader())[:10]:
@@ -143,13 +144,13 @@ def test_export_is_normalised_and_scores_in_batches(trained):
     scores = rm.score([p for p, _ in demos], [r for _, r in demos], batch_size=7)
     assert abs(float(scores.mean())) < 1e-4  # demonstrations average 0 after normalisation
     assert float(scores.std()) > 0
-    module.rm.eval()
-    assert torch.allclose(module.rm.score(["Hi"], ["Hello!"]), rm.score(["Hi"], ["Hello!"]), atol=1e-5)
+    module.reward_model.eval()
+    assert torch.allclose(module.reward_model.score(["Hi"], ["Hello!"]), rm.score(["Hi"], ["Hello!"]), atol=1e-5)
 
 
 def test_unnormalised_export_is_refused(tmp_path, tokenizer):
     rm = RewardModel.from_causal_lm("embedded", tokenizer)
-    from lit_instruct.export import save_export
+    from lit_instruct.models.export import save_export
 
     save_export(rm, tokenizer, tmp_path / "rm", {"stage": "reward", "normalization": None})
     with pytest.raises(ValueError, match="has no normalisation"):

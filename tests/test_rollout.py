@@ -5,9 +5,14 @@ every per-token quantity unchanged."""
 import torch
 from transformers import GPT2LMHeadModel
 
-from lit_instruct.models import embedded_config
+from lit_instruct.models.causal_lm import embedded_config
 from lit_instruct.objectives import masked_mean
-from lit_instruct.rollout import generate, logprobs_from_logits, position_ids, response_logits
+from lit_instruct.rollout import (
+    generate,
+    logprobs_from_logits,
+    position_ids,
+    response_logits,
+)
 
 
 def tiny_policy(tokenizer):

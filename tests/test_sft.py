@@ -5,12 +5,12 @@ import json
 import lightning as L
 import pytest
 import torch
+from conftest import CONFIGS, run_cli, tiny_overrides
 from lightning.pytorch.loggers import CSVLogger
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import CONFIGS, run_cli, tiny_overrides
 from lit_instruct import SFTDataModule, SFTModule
-from lit_instruct.export import read_metadata
+from lit_instruct.models.export import read_metadata
 
 
 class ValLosses(L.Callback):
@@ -127,10 +127,10 @@ def test_cli_bad_input_stops_before_training(tmp_path):
 
 
 def test_sft_model_selection_by_reward_model_score(tmp_path, tokenizer):
-    """The callback logs val/rm_score at each validation and the export holds the best-scoring weights."""
+    """The callback logs val/reward_model_score at each validation and the export holds the best-scoring weights."""
     from lit_instruct.callbacks import RewardModelSelection
-    from lit_instruct.export import save_export
-    from lit_instruct.reward import RewardModel
+    from lit_instruct.models.export import save_export
+    from lit_instruct.models.reward_model import RewardModel
 
     rm = RewardModel.from_causal_lm("embedded", tokenizer)
     rm.normalization = {"shift": 0.0}

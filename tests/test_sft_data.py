@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from lit_instruct.batching import LMCollator
+from lit_instruct.data.batching import LMCollator
+from lit_instruct.data.demonstrations import SFTDataModule, encode_demonstration
+from lit_instruct.data.prompt_format import format_prompt
+from lit_instruct.data.records import DataError
 from lit_instruct.objectives import IGNORE_INDEX, lm_loss
-from lit_instruct.prompts import format_prompt
-from lit_instruct.records import DataError
-from lit_instruct.sft import SFTDataModule, encode_demonstration
 
 
 def write_jsonl(path, rows):
@@ -142,7 +142,7 @@ def test_all_bad_rows_are_reported_together(tokenizer, tmp_path):
 def test_tokenizer_without_pad_token_gets_eos(tmp_path):
     from transformers import AutoTokenizer
 
-    from lit_instruct.models import load_tokenizer, train_embedded_tokenizer
+    from lit_instruct.models.causal_lm import load_tokenizer, train_embedded_tokenizer
 
     tok = train_embedded_tokenizer(300)
     tok.pad_token = None  # as GPT-2, Pythia and Llama-3 tokenizers ship

@@ -6,9 +6,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, run_cli
-from lit_instruct.sweep import Sweep, SweepFileError, expand_command, load_sweep
+
+from lit_instruct.tools.sweep import Sweep, SweepFileError, expand_command, load_sweep
 
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
 
@@ -46,7 +46,7 @@ command:
   - lit-instruct
   - fit
   - --config
-  - configs/ppo_ptx/tiny.yaml
+  - configs/ppo/tiny.yaml
   - ${args}
 """
 

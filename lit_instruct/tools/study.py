@@ -18,8 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from lit_instruct.ppo_ptx import HELD_OUT_METRICS as METRICS
-from lit_instruct.ppo_ptx import measure_policy
+from lit_instruct.evaluation import HELD_OUT_METRICS as METRICS
+from lit_instruct.evaluation import measure_policy
 
 
 def gather(folder: Path) -> list[dict]:
@@ -28,7 +28,7 @@ def gather(folder: Path) -> list[dict]:
     rows = []
     for meta_path in sorted(folder.glob("**/export/lit_instruct.json")):
         meta = json.loads(meta_path.read_text())
-        if meta.get("stage") != "ppo_ptx":
+        if meta.get("stage") not in ("ppo", "ppo_ptx"):
             continue
         hparams, metrics = meta.get("hparams", {}), meta.get("metrics", {})
         if not all(key in metrics for key in METRICS.values()):

@@ -9,12 +9,15 @@ from typing import Any, Optional
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from lit_instruct import export as export_lib
+from lit_instruct.models import export as export_lib
 from lit_instruct.callbacks import TokenThroughput
 from lit_instruct.utils import class_path
+
+
+#: State-dict prefixes of checkpoints written before the redesign, and what they are called now.
+LEGACY_PREFIXES = (("rm.", "reward_model."), ("ref.", "reference."))
 
 
 def rng_states() -> dict[str, Any]:
@@ -151,6 +154,9 @@ class Stage(L.LightningModule):
         own = self.state_dict()
         for key in [k for k in state if k not in own and (k.endswith("reward_shift") or k.endswith("head.bias"))]:
             state.pop(key)
+        for old, new in LEGACY_PREFIXES:  # attributes renamed since (``rm`` -> ``reward_model``, ``ref`` -> ``reference``)
+            for key in [k for k in state if k.startswith(old) and k not in own and new + k[len(old):] in own]:
+                state[new + key[len(old):]] = state.pop(key)
 
     _rng_to_restore: Optional[dict] = None
 

@@ -96,7 +96,7 @@ def load_sweep(path: str | Path) -> dict:
     command = config.get("command")
     if command is None:
         problems.append(f"{path}:1: command: missing; lit-instruct sweep runs the file's command, for example\n"
-                        "  command:\n    - ${env}\n    - lit-instruct\n    - fit\n    - --config\n    - configs/ppo_ptx/tiny.yaml\n    - ${args}")
+                        "  command:\n    - ${env}\n    - lit-instruct\n    - fit\n    - --config\n    - configs/ppo/tiny.yaml\n    - ${args}")
     elif not isinstance(command, list) or not all(isinstance(c, (str, int, float)) for c in command):
         problems.append(f"{path}:{_node_line(root, ['command'])}: command: must be a list of strings")
     elif ARGS_MACRO not in command:
@@ -115,7 +115,10 @@ def load_sweep(path: str | Path) -> dict:
 def expand_command(command: list, params: dict[str, Any], overlay: Path | None = None) -> list[str]:
     """The run's argv: ``${args}`` as ``wandb agent`` expands it (W&B's own helper), ``${envvar:NAME}`` macros,
     ``lit-instruct`` as this interpreter's module, and the overlay config just before the parameters."""
-    from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
+    from wandb.sdk.launch.sweeps.utils import (
+        create_sweep_command,
+        create_sweep_command_args,
+    )
 
     sweep_vars = create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
     sweep_vars.update(env=[], interpreter=[sys.executable], program=[])

@@ -1,7 +1,8 @@
-"""Base stage: packing, the held-out split, and a CLI run that exports."""
+"""Pretrain stage: packing, the held-out split, and a CLI run that exports."""
 
 from conftest import CONFIGS, run_cli, tiny_overrides
-from lit_instruct.base import pack_documents, pretrain_split
+
+from lit_instruct.data.pretraining import pack_documents, pretrain_split
 
 
 def test_pretrain_split_is_disjoint_and_deterministic():
@@ -22,11 +23,11 @@ def test_packing_joins_documents_with_eos_into_full_blocks(tokenizer):
     assert len(blocks) == len(stream) // 4
 
 
-def test_cli_base_stage_trains_and_exports_with_wandb_offline(tmp_path):
+def test_cli_pretrain_stage_trains_and_exports_with_wandb_offline(tmp_path):
     """With no W&B API key the config's WandbLogger runs offline, leaving a run folder for `wandb sync`."""
     env = {"WANDB_MODE": None, "WANDB_API_KEY": None, "HOME": str(tmp_path / "home"), "WANDB_DIR": None}
     logger = "lightning.pytorch.loggers.WandbLogger"
-    done = run_cli("fit", "--config", str(CONFIGS / "base" / "tiny.yaml"), *tiny_overrides(tmp_path, logger), env=env)
+    done = run_cli("fit", "--config", str(CONFIGS / "pretrain" / "tiny.yaml"), *tiny_overrides(tmp_path, logger), env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "export" / "model.safetensors").is_file()
     assert "held-out documents" in done.stderr + done.stdout

@@ -14,11 +14,19 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedModel
-from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
 
 from lit_instruct import bundled
 
@@ -128,7 +136,7 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerB
     """Give a tokenizer without a pad token one (its EOS token). Labels never come from pad ids, so this is safe.
 
     (A reward model exported with pad == EOS cannot be batch-scored through Hugging Face's sequence-classification
-    head, which reads the last token that is not the pad token: see :meth:`lit_instruct.reward.RewardModel.save_pretrained`.)"""
+    head, which reads the last token that is not the pad token: see :meth:`lit_instruct.models.reward_model.RewardModel.save_pretrained`.)"""
     if tokenizer.eos_token is None:
         raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no EOS token; lit-instruct needs one to end responses")
     if tokenizer.pad_token is None:
@@ -291,3 +299,14 @@ def load_causal_lm(
     if not trainable:
         model.requires_grad_(False)
     return model
+
+
+def bnb_config(quantization: Optional[str]):
+    """A bitsandbytes config for ``"8bit"`` or ``"4bit"`` (nf4) loading of the frozen models, or ``None``."""
+    if quantization is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)

@@ -1,4 +1,4 @@
-"""``lit-instruct pipeline``: base -> SFT -> reward model -> PPO-ptx, plus a plain-PPO control, in one run folder.
+"""``lit-instruct pipeline``: pretrain -> SFT -> reward model -> PPO-ptx, plus a plain-PPO control, in one run folder.
 
 Each stage runs as its own ``lit-instruct fit`` process with its config and an overlay the pipeline writes (run
 folder, export paths, the previous stages' exports, a CSV logger beside W&B). A stage whose export exists and
@@ -21,12 +21,12 @@ from pathlib import Path
 
 import yaml
 
-STAGES = ("base", "sft", "reward", "ppo", "ppo_ptx")
+STAGES = ("pretrain", "sft", "reward", "ppo", "ppo_ptx")
 POLICIES = ("sft", "ppo", "ppo_ptx")
 
 #: Overrides that shrink every stage to a few steps (``--smoke``): for tests and a quick look.
 SMOKE = {
-    "base": {"trainer": {"max_steps": 4, "limit_val_batches": 2, "val_check_interval": 2}},
+    "pretrain": {"trainer": {"max_steps": 4, "limit_val_batches": 2, "val_check_interval": 2}},
     "sft": {"trainer": {"max_steps": 4, "limit_val_batches": 2, "val_check_interval": 2}},
     "reward": {"trainer": {"max_steps": 4, "limit_val_batches": 2, "val_check_interval": 2},
                "data": {"init_args": {"normalization_rows": 16}}},
@@ -40,13 +40,13 @@ SMOKE = {
 @dataclass
 class PipelineConfig:
     """What the pipeline runs: per stage a config file, or a list of them composed in order (for example a stage
-    config and a trainer config). ``base`` may be ``None`` when SFT starts from a pretrained model."""
+    config and a trainer config). ``pretrain`` may be ``None`` when SFT starts from a pretrained model."""
 
-    base: str | list[str] | None = "configs/base/tiny.yaml"
+    pretrain: str | list[str] | None = "configs/pretrain/tiny.yaml"
     sft: str | list[str] = "configs/sft/tiny.yaml"
     reward: str | list[str] = "configs/reward/tiny.yaml"
-    ppo: str | list[str] = "configs/ppo_ptx/tiny_plain_ppo.yaml"
-    ppo_ptx: str | list[str] = "configs/ppo_ptx/tiny.yaml"
+    ppo: str | list[str] = "configs/ppo/tiny_plain.yaml"
+    ppo_ptx: str | list[str] = "configs/ppo/tiny.yaml"
     overrides: dict = field(default_factory=dict)  # per stage: a nested dict merged into its overlay
     # Select the SFT model by this reward model's score on validation generations (the paper's selection) instead
     # of keeping the last weights: a reward export from an earlier run, or "auto" for <out>/reward/export when an
@@ -102,8 +102,8 @@ class Pipeline:
         """The settings the pipeline lays over a stage's own config."""
         folder = self.out / stage
         model_args: dict = {"export_dir": str(self.export(stage))}
-        if stage == "sft" and self.config.base:
-            model_args["model_name_or_path"] = str(self.export("base"))
+        if stage == "sft" and self.config.pretrain:
+            model_args["model_name_or_path"] = str(self.export("pretrain"))
         if stage == "reward":
             model_args["model_name_or_path"] = str(self.export("sft"))
         if stage in ("ppo", "ppo_ptx"):
@@ -142,7 +142,7 @@ class Pipeline:
         return choice
 
     def inputs(self, stage: str) -> list[str]:
-        return {"base": [], "sft": ["base"] if self.config.base else [], "reward": ["sft"],
+        return {"pretrain": [], "sft": ["pretrain"] if self.config.pretrain else [], "reward": ["sft"],
                 "ppo": ["sft", "reward"], "ppo_ptx": ["sft", "reward"]}[stage]
 
     def run_stage(self, stage: str) -> None:
@@ -176,7 +176,7 @@ class Pipeline:
     # ------------------------------------------------------------------ evaluation and report
     def evaluate(self) -> dict:
         """Score the SFT, PPO and PPO-ptx policies on the same held-out prompts and pretraining text."""
-        from lit_instruct.ppo_ptx import measure_policy
+        from lit_instruct.evaluation import measure_policy
 
         ppo_config = {}
         for file in self.config.files("ppo_ptx"):
@@ -266,7 +266,7 @@ class Pipeline:
         start = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
         for stage in STAGES:
-            if stage == "base" and not self.config.base:
+            if stage == "pretrain" and not self.config.pretrain:
                 continue
             self.run_stage(stage)
         print("[pipeline] evaluating SFT, PPO and PPO-ptx on held-out prompts and pretraining text", flush=True)

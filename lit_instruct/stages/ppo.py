@@ -1,6 +1,6 @@
 """PPO-ptx stage (InstructGPT section 3.5): maximise ``E[r(x,y) - kl_coef * log(pi/pi_SFT)] + ptx_coef * E_pretrain[log pi]``.
 
-``PPOPtxModule`` holds four models: the policy (from SFT, trained), a frozen reference (SFT), the frozen reward
+``PPOModule`` holds four models: the policy (from SFT, trained), a frozen reference (SFT), the frozen reward
 model with its normalisation, and a critic initialised from the reward model (trained). Each training step is one
 PPO iteration: a rollout (``lit_instruct.rollout``), then PPO epochs over minibatches, each minibatch also taking
 pretraining sequences whose LM loss, times ``ptx_coef``, joins the same update. ``ptx_coef: 0`` is plain PPO.
@@ -8,26 +8,27 @@ pretraining sequences whose LM loss, times ``ptx_coef``, joins the same update. 
 
 from __future__ import annotations
 
-import random
 import time
 import warnings
 from typing import Literal, Optional
 
-import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, IterableDataset
 from torchmetrics import MeanMetric
 
-from lit_instruct import bundled
-from lit_instruct.base import check_blocks, pack_documents, pretrain_split
-from lit_instruct.batching import LMCollator, pad
+from lit_instruct.data.batching import pad
 from lit_instruct.loggers import log_table
-from lit_instruct.models import disable_dropout as turn_off_dropout
-from lit_instruct.models import DtypeName, context_length, load_causal_lm, load_tokenizer
+from lit_instruct.models.causal_lm import (
+    DtypeName,
+    bnb_config,
+    load_causal_lm,
+    load_tokenizer,
+)
+from lit_instruct.models.causal_lm import disable_dropout as turn_off_dropout
+from lit_instruct.models.reward_model import RewardModel
 from lit_instruct.objectives import (
     AdaptiveKLController,
     FixedKLController,
@@ -40,12 +41,15 @@ from lit_instruct.objectives import (
     masked_mean,
     masked_whiten,
 )
-from lit_instruct.export import read_metadata
-from lit_instruct.prompts import DEFAULT_TEMPLATE, ChatTemplateMode, PromptFormat, check_prompt_field, prompt_key
-from lit_instruct.records import DataError, Problem, check_range, check_text_fields, raise_problems, read_rows, split
-from lit_instruct.reward import RewardModel
-from lit_instruct.rollout import Rollout, critic_values, generate, logprobs_from_logits, response_logits, score_rollout
-from lit_instruct.stage import Stage
+from lit_instruct.rollout import (
+    Rollout,
+    critic_values,
+    generate,
+    logprobs_from_logits,
+    response_logits,
+    score_rollout,
+)
+from lit_instruct.stages.stage import Stage
 
 
 def ppo_optimizer(params, lr: float = 1e-5) -> torch.optim.Optimizer:
@@ -53,212 +57,11 @@ def ppo_optimizer(params, lr: float = 1e-5) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=lr, eps=1e-5)
 
 
-def bnb_config(quantization: Optional[str]):
-    """A bitsandbytes config for ``"8bit"`` or ``"4bit"`` (nf4) loading of the frozen models, or ``None``."""
-    if quantization is None:
-        return None
-    from transformers import BitsAndBytesConfig
-
-    if quantization == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
-
-
-# ====================================================================== data
-
-
-class PromptStream(IterableDataset):
-    """Endless batches of prompts, reshuffled each pass, resumable: ``start`` batches are skipped.
-
-    Each global batch of ``batch_size * world_size`` prompts is split across processes.
-    """
-
-    def __init__(self, prompts: list[list[int]], batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
-        self.prompts, self.batch_size, self.seed, self.rank, self.world_size = prompts, batch_size, seed, rank, world_size
-        self.start = 0
-
-    def __iter__(self):
-        per_pass = max(1, len(self.prompts) // (self.batch_size * self.world_size))
-        index = self.start
-        while True:
-            order = list(range(len(self.prompts)))
-            random.Random(self.seed + index // per_pass).shuffle(order)
-            offset = (index % per_pass) * self.batch_size * self.world_size + self.rank * self.batch_size
-            yield [self.prompts[order[(offset + i) % len(order)]] for i in range(self.batch_size)]
-            index += 1
-
-
-class PPOPtxDataModule(L.LightningDataModule):
-    """Prompts for rollouts and validation, and pretraining text for the ptx term and the alignment-tax metric.
-
-    Args:
-        prompts_file: ``{"prompt"}`` rows (``bundled:prompts.jsonl``): JSONL, JSON, Parquet, Arrow or CSV, a dataset
-            directory or a ``datasets`` name (``NAME`` or ``NAME@SPLIT``); a prompt is a string or a message list.
-        columns: The file's column names for our fields, e.g. ``{prompt: question}``.
-        val_fraction: Share of prompts held out (deterministic split by prompt) for validation.
-        split_seed: Seed of the deterministic splits.
-        only_permissive: Keep only prompts whose ``license`` is Apache-2.0 or MIT.
-        prompt_template: Template for single-turn prompts (as in SFT).
-        chat_template: ``"auto"`` / ``"always"`` / ``"never"``, as in SFT. The format must be the reward model's
-            (checked before training) and should be the policy's SFT format (checked when its export records one).
-        max_prompt_tokens: Longest prompt in tokens; longer ones are skipped (counted) or an error.
-        overlong: ``"skip"`` or ``"error"`` for prompts longer than ``max_prompt_tokens``.
-        rollout_batch_size: Prompts per rollout, per process (the paper: 512 in all).
-        max_val_prompts: Held-out prompts scored at each validation.
-        val_batch_size: Prompts per validation batch.
-        pretrain_file: Pretraining text: its training documents feed the ptx term, its held-out documents (the
-            same split as the base stage) measure the alignment tax.
-        pretrain_val_fraction: Held-out share of pretraining documents (keep it equal to the base stage's).
-        ptx_block_size: Tokens per pretraining sequence.
-        max_val_pretrain_blocks: Held-out pretraining blocks in the validation LM loss.
-        seed: Seed of the prompt and pretraining streams.
-    """
-
-    def __init__(
-        self,
-        prompts_file: str = "bundled:prompts.jsonl",
-        columns: Optional[dict[str, str]] = None,
-        val_fraction: float = 0.05,
-        split_seed: int = 0,
-        only_permissive: bool = False,
-        prompt_template: str = DEFAULT_TEMPLATE,
-        chat_template: ChatTemplateMode = "auto",
-        max_prompt_tokens: int = 128,
-        overlong: Literal["skip", "error"] = "skip",
-        rollout_batch_size: int = 16,
-        max_val_prompts: int = 64,
-        val_batch_size: int = 16,
-        pretrain_file: str = "bundled:pretrain.txt",
-        pretrain_val_fraction: float = 0.1,
-        ptx_block_size: int = 64,
-        max_val_pretrain_blocks: int = 64,
-        seed: int = 0,
-    ) -> None:
-        super().__init__()
-        check_range("data.val_fraction", val_fraction, 0, below=1)
-        check_range("data.max_prompt_tokens", max_prompt_tokens, 1)
-        check_range("data.rollout_batch_size", rollout_batch_size, 1)
-        check_range("data.max_val_prompts", max_val_prompts, 1)
-        check_range("data.val_batch_size", val_batch_size, 1)
-        check_range("data.pretrain_val_fraction", pretrain_val_fraction, 0, below=1)
-        check_range("data.ptx_block_size", ptx_block_size, 2)
-        check_range("data.max_val_pretrain_blocks", max_val_pretrain_blocks, 1)
-        self.save_hyperparameters()
-        self.tokenizer = None
-        self.train_prompts: list[list[int]] = []
-        self.val_prompts: list[list[int]] = []
-        self.ptx_blocks: list[dict] = []
-        self.val_blocks: list[dict] = []
-        self.consumed_rollouts = 0
-        self.consumed_ptx = 0
-
-    def setup(self, stage: Optional[str] = None) -> None:
-        if self.train_prompts:
-            return
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        self.tokenizer = module.tokenizer if module is not None else load_tokenizer("embedded")
-        if module is not None:
-            context = min(context_length(module.policy.config), module.rm.context_length)
-            longest = self.hparams.max_prompt_tokens + module.hparams.max_new_tokens
-            if longest > context:
-                raise ValueError(
-                    f"data.max_prompt_tokens ({self.hparams.max_prompt_tokens}) + model.max_new_tokens "
-                    f"({module.hparams.max_new_tokens}) = {longest} tokens exceed the {context}-token context of the "
-                    "policy / reward model: lower one of them"
-                )
-            self.check_formats(module)
-        hp = module.hparams if module is not None else {}
-        self.prepare(needs_ptx=hp.get("ptx_coef", 1) > 0 and hp.get("ptx_examples_per_episode", 1) > 0)
-
-    def prompt_format(self) -> PromptFormat:
-        """How prompts become model input with this data's settings and tokenizer."""
-        if self.tokenizer is None:
-            self.tokenizer = load_tokenizer("embedded")
-        return PromptFormat.from_tokenizer(self.tokenizer, self.hparams.prompt_template, self.hparams.chat_template)
-
-    def check_formats(self, module) -> None:
-        """The reward model must read prompts formatted as PPO writes them (else it scores text it never saw in
-        training); so should the policy's SFT stage, when its export records its format."""
-        ours = self.prompt_format().describe()
-        PromptFormat.check_same(ours, module.rm.format_description(), "PPO's prompts (data.prompt_template / data.chat_template)",
-                                f"the reward model at {module.hparams.reward_model_path}")
-        policy_format = read_metadata(module.hparams.policy_name_or_path).get("prompt_format") if module.hparams.policy_name_or_path != "embedded" else None
-        if policy_format:
-            PromptFormat.check_same(ours, policy_format, "PPO's prompts (data.prompt_template / data.chat_template)",
-                                    f"the policy's SFT at {module.hparams.policy_name_or_path}")
-
-    def prepare(self, needs_ptx: bool = True) -> None:
-        """Read and validate the prompts and the pretraining text (called by :meth:`setup`). The held-out
-        pretraining text must fill one ``ptx_block_size`` block, and so must the training text when the ptx term
-        is on (``needs_ptx``)."""
-        h = self.hparams
-        keep = (lambda row: bundled.is_permissive(row.get("license"))) if h.only_permissive else None
-        rows = read_rows(h.prompts_file, check_prompt_field, keep=keep, columns=h.columns)
-        encoded, skipped = [], []
-        fmt = self.prompt_format()
-        for line, row in rows:
-            ids = self.tokenizer(fmt.prompt(row["prompt"]), add_special_tokens=False)["input_ids"]
-            if len(ids) > h.max_prompt_tokens:
-                skipped.append(Problem(str(h.prompts_file), line, f"prompt is {len(ids)} tokens, longer than max_prompt_tokens={h.max_prompt_tokens}"))
-                continue
-            encoded.append((row["prompt"], ids))
-        if skipped and h.overlong == "error":
-            raise_problems(skipped, "over-long prompts; set data.overlong=skip to drop them instead")
-        train, val = split(encoded, lambda e: prompt_key(e[0]), h.val_fraction, h.split_seed)
-        if not train or not val:
-            raise DataError(f"{h.prompts_file}: {len(train)} train / {len(val)} validation prompts left; need both")
-        self.train_prompts = [ids for _, ids in train]
-        self.val_prompts = [ids for _, ids in val][: h.max_val_prompts]
-        train_docs, heldout_docs = pretrain_split(h.pretrain_file, h.pretrain_val_fraction, h.split_seed)
-        self.ptx_blocks = pack_documents(self.tokenizer, train_docs, h.ptx_block_size)
-        random.Random(h.seed).shuffle(self.ptx_blocks)
-        self.val_blocks = pack_documents(self.tokenizer, heldout_docs, h.ptx_block_size)[: h.max_val_pretrain_blocks]
-        splits = {"training": self.ptx_blocks, "held-out": self.val_blocks} if needs_ptx else {"held-out": self.val_blocks}
-        check_blocks(h.pretrain_file, splits, h.ptx_block_size, "data.ptx_block_size")
-        rank_zero_info(
-            f"[ppo_ptx data] {len(self.train_prompts)} train / {len(self.val_prompts)} val prompts from {h.prompts_file} "
-            f"({len(skipped)} over-long skipped); {len(self.ptx_blocks)} ptx / {len(self.val_blocks)} held-out pretraining "
-            f"blocks of {h.ptx_block_size} tokens from {h.pretrain_file}"
-        )
-
-    # ------------------------------------------------------------------ streams
-    def ptx_batch(self, n: int) -> dict[str, torch.Tensor]:
-        """The next ``n`` pretraining blocks for this process (a resumable stream over the training documents)."""
-        rank = self.trainer.global_rank if self.trainer is not None else 0
-        world = self.trainer.world_size if self.trainer is not None else 1
-        start = (self.consumed_ptx * world + rank) * n
-        self.consumed_ptx += 1
-        blocks = [self.ptx_blocks[(start + i) % len(self.ptx_blocks)] for i in range(n)]
-        return LMCollator(self.tokenizer.pad_token_id)(blocks)
-
-    def state_dict(self) -> dict:
-        return {"consumed_rollouts": self.consumed_rollouts, "consumed_ptx": self.consumed_ptx}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.consumed_rollouts = state["consumed_rollouts"]
-        self.consumed_ptx = state["consumed_ptx"]
-
-    def train_dataloader(self) -> DataLoader:
-        rank = self.trainer.global_rank if self.trainer is not None else 0
-        world = self.trainer.world_size if self.trainer is not None else 1
-        stream = PromptStream(self.train_prompts, self.hparams.rollout_batch_size, self.hparams.seed, rank, world)
-        stream.start = self.consumed_rollouts
-        return DataLoader(stream, batch_size=None, generator=torch.Generator())  # leaves the global stream alone
-
-    def val_dataloader(self) -> list[DataLoader]:
-        """Held-out prompts (scored by a rollout) and held-out pretraining blocks (the LM loss). Both loaders have
-        their own generator: creating a loader's iterator otherwise draws a seed from the global stream, and
-        validation would shift what training samples next (a resumed run would then differ from an uninterrupted one)."""
-        prompts = DataLoader(self.val_prompts, batch_size=self.hparams.val_batch_size, collate_fn=list, generator=torch.Generator())
-        blocks = DataLoader(self.val_blocks, batch_size=self.hparams.val_batch_size, collate_fn=LMCollator(self.tokenizer.pad_token_id),
-                            generator=torch.Generator())
-        return [prompts, blocks]
-
 
 # ====================================================================== module
 
 
-class PPOPtxModule(Stage):
+class PPOModule(Stage):
     """PPO with a KL penalty to the SFT model and a pretraining-gradient mix (ptx), as in InstructGPT.
 
     Args:
@@ -317,7 +120,7 @@ class PPOPtxModule(Stage):
             training's).
     """
 
-    stage = "ppo_ptx"
+    stage = "ppo"
 
     def __init__(
         self,
@@ -373,10 +176,10 @@ class PPOPtxModule(Stage):
                                      dtype=load_dtype)
         quantization = bnb_config(frozen_quantization)
         frozen = frozen_dtype or load_dtype
-        self.ref = load_causal_lm(reference_name_or_path or policy_name_or_path, self.tokenizer, dtype=frozen,
+        self.reference = load_causal_lm(reference_name_or_path or policy_name_or_path, self.tokenizer, dtype=frozen,
                                   trainable=False, quantization_config=quantization)
         # Refuses an export without its normalisation (unless told).
-        self.rm = RewardModel.from_pretrained(reward_model_path, quantization_config=quantization, dtype=frozen,
+        self.reward_model = RewardModel.from_pretrained(reward_model_path, quantization_config=quantization, dtype=frozen,
                                               require_normalization=require_reward_normalization)
         # The critic starts from the reward model and learns a value level too (a head with a bias).
         self.critic = RewardModel.from_pretrained(critic_name_or_path or reward_model_path, require_normalization=False,
@@ -384,11 +187,11 @@ class PPOPtxModule(Stage):
         if gradient_checkpointing:
             self.critic.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self._check_tokenizers(reward_model_path)
-        for model in (self.ref, self.rm):
+        for model in (self.reference, self.reward_model):
             model.eval()
             model.requires_grad_(False)
         if disable_dropout:
-            for model in (self.policy, self.ref, self.rm.backbone, self.critic.backbone):
+            for model in (self.policy, self.reference, self.reward_model.backbone, self.critic.backbone):
                 turn_off_dropout(model)
         self.ema = None
         if ema_decay is not None:
@@ -407,7 +210,7 @@ class PPOPtxModule(Stage):
 
     # ------------------------------------------------------------------ construction helpers
     def _check_tokenizers(self, reward_model_path: str) -> None:
-        if self.rm.tokenizer.get_vocab() != self.tokenizer.get_vocab():
+        if self.reward_model.tokenizer.get_vocab() != self.tokenizer.get_vocab():
             raise ValueError(
                 f"the reward model at {reward_model_path} and the policy at {self.hparams.policy_name_or_path} have "
                 "mismatched tokenizers; PPO scores the policy's tokens directly, so they must share one"
@@ -415,7 +218,7 @@ class PPOPtxModule(Stage):
 
     @property
     def context_length(self) -> int:
-        return self.rm.context_length
+        return self.reward_model.context_length
 
     def trained_module(self) -> torch.nn.Module:
         return self.policy
@@ -424,7 +227,7 @@ class PPOPtxModule(Stage):
         return [self.policy, self.critic]
 
     def frozen_modules(self) -> list[torch.nn.Module]:
-        return [self.ref, self.rm] + ([self.ema] if self.ema is not None else [])
+        return [self.reference, self.reward_model] + ([self.ema] if self.ema is not None else [])
 
     def evaluated_policy(self) -> torch.nn.Module:
         """The policy that validation measures and the export writes: the EMA of the weights when ``ema_decay`` is set."""
@@ -504,7 +307,7 @@ class PPOPtxModule(Stage):
         )
         generated = time.perf_counter()
         rollout = score_rollout(
-            rollout, reference=self.ref, critic=self.critic if values else None, reward_model=self.rm,
+            rollout, reference=self.reference, critic=self.critic if values else None, reward_model=self.reward_model,
             temperature=h.temperature, missing_eos_penalty=h.missing_eos_penalty,
             policy=policy if self.recompute_logprobs() else None, chunks=chunks,
         )
@@ -550,7 +353,7 @@ class PPOPtxModule(Stage):
         self.log_dict(
             {
                 "objective/score": rollout.scores.mean(),
-                "objective/rm_score": rollout.rm_scores.mean(),
+                "objective/reward_model_score": rollout.reward_model_scores.mean(),
                 "objective/kl": kl_per_response,
                 "objective/kl_coef": self.kl_controller.value,
                 "objective/entropy": masked_mean(rollout.entropy, mask, dim=1).mean(),
@@ -682,7 +485,7 @@ class PPOPtxModule(Stage):
         metrics = super().fit_metrics()
         metrics["episodes"] = self.episodes
         metrics["throughput/episodes_per_s_overall"] = self.episodes / max(metrics["timing/fit_seconds"], 1e-9)
-        rank_zero_info(f"[ppo_ptx] {self.episodes} episodes, {metrics['throughput/episodes_per_s_overall']:.2f} episodes/s over the whole fit (validation included)")
+        rank_zero_info(f"[ppo] {self.episodes} episodes, {metrics['throughput/episodes_per_s_overall']:.2f} episodes/s over the whole fit (validation included)")
         return metrics
 
     def export_target(self):
@@ -692,32 +495,3 @@ class PPOPtxModule(Stage):
         h = self.hparams
         return {**super().export_metadata(), "kl_coef_final": self.kl_controller.value, "episodes": self.episodes, "ema": h.ema_decay is not None,
                 "reward_model": h.reward_model_path, "reference": h.reference_name_or_path or h.policy_name_or_path}
-
-
-
-# ====================================================================== measuring a policy
-
-#: The held-out measurements of a policy, by the name reports use.
-HELD_OUT_METRICS = {"score": "val/score", "kl": "val/kl", "pretrain_loss": "val/pretrain_loss",
-                    "response_length": "val/response_length"}
-
-
-def measure_policy(model_args: dict, data_args: dict, *, policy: str, reference: str, reward_model: Optional[str] = None,
-                   samples: int = 0, seed: int = 1234, root: Optional[str] = None) -> dict:
-    """One policy export through PPO-ptx validation: its RM score on held-out prompts, KL to ``reference``, held-out
-    pretraining loss and response length (``HELD_OUT_METRICS``), plus up to ``samples`` sample responses.
-
-    ``model_args`` / ``data_args``: a PPO run's ``PPOPtxModule`` / ``PPOPtxDataModule`` arguments (what its config
-    gave), so every policy is measured with the same settings and on the same held-out data."""
-    args = {k: v for k, v in model_args.items() if k not in ("optimizer", "export_dir")}
-    args.update(policy_name_or_path=policy, reference_name_or_path=reference, num_sample_prompts=samples)
-    if reward_model is not None:
-        args["reward_model_path"] = reward_model
-    L.seed_everything(seed, verbose=False)
-    module = PPOPtxModule(**args)
-    trainer = L.Trainer(accelerator="auto", devices=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=root)
-    metrics = trainer.validate(module, PPOPtxDataModule(**data_args), verbose=False)[0]
-    result = {name: float(metrics[key]) for name, key in HELD_OUT_METRICS.items()}
-    result["samples"] = [{"prompt": p, "response": r, "score": s} for _, p, r, s in module._val_samples]
-    return result

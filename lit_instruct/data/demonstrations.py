@@ -1,4 +1,5 @@
-"""SFT stage: fine-tune on demonstrations (prompt -> ideal response), loss on response tokens only."""
+"""Demonstrations (prompt -> ideal response) for SFT: encoding with the loss on response tokens only, and the data
+module."""
 
 from __future__ import annotations
 
@@ -9,24 +10,26 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from lit_instruct.batching import LMCollator
-from lit_instruct.lm import CausalLMModule
-from lit_instruct.models import load_tokenizer
-from lit_instruct.objectives import IGNORE_INDEX
-from lit_instruct.prompts import DEFAULT_TEMPLATE, ChatTemplateMode, PromptFormat, check_prompt_field, prompt_key
-from lit_instruct.records import DataError, Problem, check_range, check_text_fields, raise_problems, read_rows, split
 from lit_instruct import bundled
-
-
-class SFTModule(CausalLMModule):
-    """Supervised fine-tuning (InstructGPT section 3.5): next-token loss on the response tokens.
-
-    All arguments are those of :class:`~lit_instruct.lm.CausalLMModule`; the paper's settings are AdamW with
-    betas (0.9, 0.95), cosine decay to 10% of the peak learning rate with no warm-up, residual dropout 0.2.
-    The export (``export_dir``) is the starting point of the reward model and of PPO.
-    """
-
-    stage = "sft"
+from lit_instruct.data.batching import LMCollator
+from lit_instruct.data.prompt_format import (
+    DEFAULT_TEMPLATE,
+    ChatTemplateMode,
+    PromptFormat,
+    check_prompt_field,
+    prompt_key,
+)
+from lit_instruct.data.records import (
+    DataError,
+    Problem,
+    check_range,
+    check_text_fields,
+    raise_problems,
+    read_rows,
+    split,
+)
+from lit_instruct.models.causal_lm import load_tokenizer
+from lit_instruct.objectives import IGNORE_INDEX
 
 
 @dataclass
@@ -42,7 +45,7 @@ def encode_demonstration(
     tokenizer, prompt, response: str, max_length: int, template: "str | PromptFormat" = DEFAULT_TEMPLATE, min_response_tokens: int = 1
 ) -> tuple[list[int], list[int], bool] | str:
     """Token ids and labels of one demonstration: ``fmt.prompt(prompt) + fmt.response(response) + EOS``, with
-    ``fmt`` the :class:`~lit_instruct.prompts.PromptFormat` (a text template given as a string is one).
+    ``fmt`` the :class:`~lit_instruct.data.prompt_format.PromptFormat` (a text template given as a string is one).
 
     Labels are :data:`IGNORE_INDEX` on the prompt, so the loss covers the response and its EOS. A response that
     does not fit is cut at ``max_length`` (the third value says so). Returns a message instead when the prompt
@@ -203,4 +206,3 @@ class SFTDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
-

@@ -5,11 +5,18 @@ import json
 import lightning as L
 import pytest
 import torch
-
 from conftest import CONFIGS, run_cli
-from lit_instruct import PPOPtxDataModule, PPOPtxModule, RewardModel, SFTDataModule, SFTModule, TinyConfig
-from lit_instruct.export import save_export
-from lit_instruct.records import DataError
+
+from lit_instruct import (
+    PPODataModule,
+    PPOModule,
+    RewardModel,
+    SFTDataModule,
+    SFTModule,
+    TinyConfig,
+)
+from lit_instruct.data.records import DataError
+from lit_instruct.models.export import save_export
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +41,14 @@ def make(exports, **kwargs):
                 minibatch_size=4, ptx_examples_per_episode=1, num_sample_prompts=2, warmup_steps=0,
                 optimizer=lambda p: torch.optim.Adam(p, lr=1e-3, eps=1e-5))
     args.update(kwargs)
-    return PPOPtxModule(**args)
+    return PPOModule(**args)
 
 
 def data(**kwargs):
     args = dict(rollout_batch_size=8, max_prompt_tokens=48, max_val_prompts=4, val_batch_size=4, ptx_block_size=32,
                 max_val_pretrain_blocks=4)
     args.update(kwargs)
-    return PPOPtxDataModule(**args)
+    return PPODataModule(**args)
 
 
 def trainer(tmp_path, iterations, **kwargs):
@@ -59,7 +66,7 @@ def test_trainable_weights_change_and_frozen_ones_do_not(exports, tmp_path):
     changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
     assert {"policy", "critic"} <= changed
     assert not changed & {"ref", "rm"}
-    assert not any(p.requires_grad for p in module.ref.parameters()) and not module.rm.training
+    assert not any(p.requires_grad for p in module.reference.parameters()) and not module.reward_model.training
     assert module.episodes == 16
     metrics = module.trainer.callback_metrics
     for name in ("objective/score", "objective/kl", "objective/kl_coef", "objective/entropy", "objective/non_score_reward",
@@ -100,12 +107,12 @@ class TokenShareReward(torch.nn.Module):
 
     def __init__(self, rm, token_id, width):
         super().__init__()
-        self.rm, self.token_id, self.width = rm, token_id, width
+        self.reward_model, self.token_id, self.width = rm, token_id, width
         self.tokenizer = rm.tokenizer
 
     @property
     def context_length(self):
-        return self.rm.context_length
+        return self.reward_model.context_length
 
     def forward(self, input_ids, attention_mask):
         ids, mask = input_ids[:, -self.width:], attention_mask[:, -self.width:].bool()
@@ -122,7 +129,7 @@ def test_score_rises_and_kl_grows_with_an_easy_reward(exports, tmp_path):
     query, mask = module.collate_prompts(dm.train_prompts[:16])
     with torch.no_grad():  # reward the token the policy already likes most (a few % of its samples)
         target = int(module.policy(input_ids=query, attention_mask=mask).logits[:, -1].softmax(-1).mean(0).argmax())
-    module.rm = TokenShareReward(module.rm, target, width=8)
+    module.reward_model = TokenShareReward(module.reward_model, target, width=8)
     scores, kls = [], []
 
     class Record(L.Callback):
@@ -154,7 +161,7 @@ def test_bad_inputs_stop_before_training(exports, tmp_path, tokenizer):
     with pytest.raises(ValueError, match="has no normalisation"):
         make(exports, reward_model_path=str(tmp_path / "raw_rm"))
     # A reward model whose tokenizer is not the policy's.
-    from lit_instruct.models import train_embedded_tokenizer
+    from lit_instruct.models.causal_lm import train_embedded_tokenizer
 
     other = train_embedded_tokenizer(4000)
     other_rm = RewardModel.from_causal_lm(str(exports / "sft"), tokenizer)
@@ -178,7 +185,7 @@ def test_ema_weights_are_exported(exports, tmp_path):
 
 def test_cli_ppo_ptx_tiny_config(exports, tmp_path):
     done = run_cli(
-        "fit", "--config", str(CONFIGS / "ppo_ptx" / "tiny.yaml"),
+        "fit", "--config", str(CONFIGS / "ppo" / "tiny.yaml"),
         "--model.policy_name_or_path", str(exports / "sft"), "--model.reward_model_path", str(exports / "rm"),
         "--model.total_episodes", "32", "--trainer.val_check_interval", "2", "--data.max_val_prompts", "4",
         "--data.max_prompt_tokens", "64", "--model.max_new_tokens", "16",
@@ -189,7 +196,7 @@ def test_cli_ppo_ptx_tiny_config(exports, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     meta = json.loads((tmp_path / "export" / "lit_instruct.json").read_text())
-    assert meta["stage"] == "ppo_ptx" and meta["episodes"] == 32
+    assert meta["stage"] == "ppo" and meta["episodes"] == 32
     assert "val/pretrain_loss" in meta["metrics"]
 
 
@@ -197,8 +204,8 @@ def test_cli_ppo_ptx_tiny_config(exports, tmp_path):
 def test_frozen_models_load_quantized(exports, tmp_path, bits):
     pytest.importorskip("bitsandbytes")
     module = make(exports, frozen_quantization=bits)
-    assert any("Linear8bitLt" in type(m).__name__ or "Linear4bit" in type(m).__name__ for m in module.ref.modules())
-    assert any("Linear8bitLt" in type(m).__name__ or "Linear4bit" in type(m).__name__ for m in module.rm.modules())
+    assert any("Linear8bitLt" in type(m).__name__ or "Linear4bit" in type(m).__name__ for m in module.reference.modules())
+    assert any("Linear8bitLt" in type(m).__name__ or "Linear4bit" in type(m).__name__ for m in module.reward_model.modules())
     trainer(tmp_path, 1, enable_checkpointing=False, limit_val_batches=0).fit(module, data())
     assert module.episodes == 8
 

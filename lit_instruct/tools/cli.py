@@ -202,7 +202,8 @@ def export_main(argv: list[str]) -> None:
     is not an earlier export, ends with one line on stderr and exit status 1 (``LIT_INSTRUCT_DEBUG=1``: traceback)."""
     import os
 
-    from lit_instruct.export import CheckpointError, ExportError, export_checkpoint
+    from lit_instruct.models.export import ExportError
+    from lit_instruct.tools.checkpoints import CheckpointError, export_checkpoint
 
     parser = argparse.ArgumentParser(prog="lit-instruct export", description=TOOLS["export"])
     parser.add_argument("checkpoint", help="a .ckpt file, or the folder DeepSpeed ZeRO writes")
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         return print_help()
     if os.environ.get("LIT_INSTRUCT_DEBUG"):
         return _main(args, argv)
-    from lit_instruct.records import DataError
+    from lit_instruct.data.records import DataError
 
     try:
         return _main(args, argv)
@@ -248,17 +249,17 @@ def _main(args: list[str], argv: list[str] | None) -> None:
     if args and args[0] == "export":
         return export_main(args[1:])
     if args and args[0] == "pipeline":
-        from lit_instruct.pipeline import main as pipeline_main
+        from lit_instruct.tools.pipeline import main as pipeline_main
 
         configure_wandb_env()
         return pipeline_main(args[1:])
     if args and args[0] == "sweep":
-        from lit_instruct.sweep import main as sweep_main
+        from lit_instruct.tools.sweep import main as sweep_main
 
         configure_wandb_env()
         return sweep_main(args[1:])
     if args and args[0] == "study":
-        from lit_instruct.study import main as study_main
+        from lit_instruct.tools.study import main as study_main
 
         return study_main(args[1:])
     configure_wandb_env()

@@ -13,11 +13,18 @@ from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
-from lit_instruct.batching import pad
+from lit_instruct.data.batching import pad
 from lit_instruct.loggers import log_table
-from lit_instruct.models import EMBEDDED, DtypeName, TinyConfig, context_length, load_causal_lm, load_tokenizer
+from lit_instruct.models.causal_lm import (
+    EMBEDDED,
+    DtypeName,
+    TinyConfig,
+    context_length,
+    load_causal_lm,
+    load_tokenizer,
+)
 from lit_instruct.objectives import IGNORE_INDEX, lm_loss
-from lit_instruct.stage import Stage, default_optimizer
+from lit_instruct.stages.stage import Stage, default_optimizer
 
 
 class CausalLMModule(Stage):

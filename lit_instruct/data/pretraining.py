@@ -1,9 +1,6 @@
-"""Base stage: pretrain the embedded tiny model on ``pretrain.txt`` (causal LM loss on every token).
-
-The embedded default has no pretrained model to start from; this stage makes one. Its text is the
-pretraining distribution that PPO-ptx mixes in, and its held-out documents (:func:`pretrain_split`) measure
-the alignment tax later.
-"""
+"""Pretraining text: documents separated by blank lines, split once into training and held-out documents, packed
+into full-length blocks. The pretrain stage trains on it, PPO-ptx mixes it in, and its held-out documents measure
+the alignment tax."""
 
 from __future__ import annotations
 
@@ -13,19 +10,9 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from lit_instruct.batching import LMCollator
-from lit_instruct.lm import CausalLMModule
-from lit_instruct.models import load_tokenizer
-from lit_instruct.records import DataError, check_range, read_documents, split
-
-
-class BaseModule(CausalLMModule):
-    """Pretraining of the base model (the stand-in for GPT-3 in the embedded default).
-
-    All arguments are those of :class:`~lit_instruct.lm.CausalLMModule`.
-    """
-
-    stage = "base"
+from lit_instruct.data.batching import LMCollator
+from lit_instruct.data.records import DataError, check_range, read_documents, split
+from lit_instruct.models.causal_lm import load_tokenizer
 
 
 def pretrain_split(text_file: str = "bundled:pretrain.txt", val_fraction: float = 0.1, split_seed: int = 0) -> tuple[list[str], list[str]]:
@@ -56,7 +43,7 @@ def pack_documents(tokenizer, docs: list[str], block_size: int) -> list[dict]:
     return [{"input_ids": b, "labels": b} for b in blocks]
 
 
-class BaseDataModule(L.LightningDataModule):
+class PretrainDataModule(L.LightningDataModule):
     """Plain text (documents separated by blank lines), packed into full-length blocks; every token is labelled.
 
     Args:
@@ -107,7 +94,7 @@ class BaseDataModule(L.LightningDataModule):
         self.val_blocks = pack_documents(self.tokenizer, self.heldout_docs, block)
         check_blocks(h.text_file, {"training": self.train_blocks, "held-out": self.val_blocks}, block, "data.block_size")
         rank_zero_info(
-            f"[base data] {len(train_docs)} train / {len(self.heldout_docs)} held-out documents from {h.text_file}: "
+            f"[pretrain data] {len(train_docs)} train / {len(self.heldout_docs)} held-out documents from {h.text_file}: "
             f"{len(self.train_blocks)} / {len(self.val_blocks)} blocks of {block} tokens"
         )
 

@@ -1,0 +1,1 @@
+"""Reading and validating records, prompt rendering, batching, and one data module per kind of data."""

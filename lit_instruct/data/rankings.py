@@ -1,0 +1,311 @@
+"""Rankings of K completions per prompt and pairwise comparisons: validation, the grouped collator and the reward
+stage's data module."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
+
+from lit_instruct import bundled
+from lit_instruct.data.batching import pad
+from lit_instruct.data.prompt_format import (
+    DEFAULT_TEMPLATE,
+    ChatTemplateMode,
+    PromptFormat,
+    check_prompt_field,
+    prompt_key,
+)
+from lit_instruct.data.records import (
+    DataError,
+    Problem,
+    check_range,
+    check_text_fields,
+    raise_problems,
+    read_rows,
+    split,
+)
+from lit_instruct.models.causal_lm import EMBEDDED, load_tokenizer
+from lit_instruct.models.reward_model import encode_pair
+
+#: Ranks become an int64 tensor during training (10**30 overflowed it mid-run); a rank this large is a broken file.
+MAX_RANK = 2**31
+
+
+def check_ranked_row(row: dict) -> Optional[str]:
+    """The problem with a ranked row (``prompt``, ``completions``, ``ranking``) or a pairwise row
+    (``prompt``, ``chosen``, ``rejected``), or ``None``."""
+    if "chosen" in row or "rejected" in row:
+        problem = check_prompt_field(row) or check_text_fields(row, ("chosen", "rejected"))
+        if problem:
+            return problem
+        if row["chosen"].strip() == row["rejected"].strip():
+            return "'chosen' equals 'rejected': no comparison to learn from"
+        return None
+    problem = check_prompt_field(row)
+    if problem:
+        return problem
+    completions, ranking = row.get("completions"), row.get("ranking")
+    if not isinstance(completions, list):
+        return "missing field 'completions' (a list of strings), or 'chosen' and 'rejected'"
+    if len(completions) < 2:
+        return f"K < 2: a ranking needs at least 2 completions, got {len(completions)}"
+    for i, c in enumerate(completions):
+        if not isinstance(c, str):
+            return f"completions[{i}] must be a string, got {type(c).__name__}"
+        if not c.strip():
+            return f"completions[{i}] is empty"
+    if not isinstance(ranking, list):
+        return "missing field 'ranking' (a list of integer ranks, 0 = best)"
+    if len(ranking) != len(completions):
+        return f"'ranking' has {len(ranking)} entries for {len(completions)} completions"
+    for i, r in enumerate(ranking):
+        if isinstance(r, bool) or not isinstance(r, int):
+            return f"ranking[{i}] must be an integer, got {r!r}"
+        if not 0 <= r < MAX_RANK:
+            return f"ranking[{i}] must be in [0, 2**31) (0 = best), got {r}"
+    if len(set(ranking)) == 1:
+        return f"all {len(ranking)} completions are tied: no comparison to learn from"
+    return None
+
+
+def as_ranking(row: dict) -> tuple[str, list[str], list[int]]:
+    """(prompt, completions, ranks) of a validated row; a pairwise row is K = 2 with ranks [0, 1]."""
+    if "chosen" in row:
+        return row["prompt"], [row["chosen"], row["rejected"]], [0, 1]
+    return row["prompt"], list(row["completions"]), list(row["ranking"])
+
+
+@dataclass
+class RankedStats:
+    prompts: int = 0
+    completions: int = 0
+    comparisons: int = 0
+    truncated: int = 0
+    skipped: list[Problem] = field(default_factory=list)
+
+
+def expand_to_pairs(groups: list[dict]) -> list[dict]:
+    """The ablation: every non-tied pair of every prompt as its own K = 2 example."""
+    pairs = []
+    for g in groups:
+        ids, ranks = g["input_ids"], g["ranks"]
+        for i in range(len(ids)):
+            for j in range(len(ids)):
+                if ranks[i] < ranks[j]:
+                    pairs.append({"input_ids": [ids[i], ids[j]], "ranks": [0, 1], "prompt": g["prompt"]})
+    return pairs
+
+
+class RankedCollator:
+    """Collate prompts with K_i completions each: every completion is one row of a flat (n, t) batch.
+
+    ``group``/``slot`` place row r at ``[group[r], slot[r]]`` of the (b, k_max) reward grid; ``ranks`` and
+    ``mask`` are (b, k_max); ``comparisons`` counts the non-tied pairs.
+    """
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, groups: list[dict]) -> dict[str, torch.Tensor]:
+        rows, group, slot = [], [], []
+        k_max = max(len(g["input_ids"]) for g in groups)
+        ranks = torch.full((len(groups), k_max), 0, dtype=torch.long)
+        mask = torch.zeros((len(groups), k_max), dtype=torch.bool)
+        comparisons = 0
+        for b, g in enumerate(groups):
+            for k, ids in enumerate(g["input_ids"]):
+                rows.append(ids)
+                group.append(b)
+                slot.append(k)
+            ranks[b, : len(g["ranks"])] = torch.as_tensor(g["ranks"])
+            mask[b, : len(g["ranks"])] = True
+            comparisons += sum(ri < rj for ri in g["ranks"] for rj in g["ranks"])
+        return {
+            "input_ids": pad(rows, self.pad_token_id),
+            "attention_mask": pad([[1] * len(r) for r in rows], 0),
+            "group": torch.as_tensor(group),
+            "slot": torch.as_tensor(slot),
+            "ranks": ranks,
+            "mask": mask,
+            "comparisons": torch.tensor(comparisons),
+        }
+
+
+class RewardDataModule(L.LightningDataModule):
+    """Rankings of K completions per prompt (K may vary row to row; ties allowed) and pairwise comparisons.
+
+    Rows are ``{"prompt", "completions": [...], "ranking": [...]}`` (``ranking[i]`` is the rank of
+    ``completions[i]``, 0 = best, equal = tie) or ``{"prompt", "chosen", "rejected"}``. A batch element is one
+    prompt with all of its completions.
+
+    Args:
+        train_file: Rankings or pairs (``bundled:rank.jsonl``, ``bundled:pairs.jsonl``): JSONL, JSON, Parquet,
+            Arrow or CSV, a dataset directory or a ``datasets`` name (``NAME`` or ``NAME@SPLIT``).
+        val_file: The same for validation; ``None`` splits ``train_file`` deterministically by prompt.
+        columns: The file's column names for our fields, e.g. ``{chosen: preferred, rejected: dispreferred}``
+            (fields: ``prompt``, ``chosen``, ``rejected``, ``completions``, ``ranking``).
+        val_fraction: Share of prompts held out when ``val_file`` is ``None``.
+        split_seed: Seed of the deterministic split.
+        only_permissive: Keep only rows whose ``license`` is Apache-2.0 or MIT.
+        prompt_template: Template for single-turn prompts (as in SFT; it is stored with the export).
+        chat_template: ``"auto"`` / ``"always"`` / ``"never"``: as in SFT (the format is stored with the export,
+            and PPO checks that its prompts are formatted the same way).
+        max_length: Longest prompt + completion in tokens; ``None`` uses the model's context length.
+        min_completion_tokens: A row whose prompt leaves less room than this for completions is over-long.
+        overlong: Over-long rows are ``"skip"``-ped (counted and logged) or an ``"error"``.
+        pair_mode: ``"grouped"`` (the paper: all pairs of a prompt in one batch element, each completion
+            through the model once) or ``"shuffled_pairs"`` (the ablation that overfit: every pair an
+            independent example, batches then count pairs).
+        batch_size: Prompts per batch (pairs in ``shuffled_pairs`` mode), per process.
+        demonstrations_file: SFT demonstrations whose mean reward is set to 0 after training (the paper's
+            normalisation); ``None`` skips it, and PPO will refuse the export.
+        normalization_rows: How many demonstrations (a fixed, hash-ordered subset) to average over.
+        num_workers: DataLoader workers.
+        tokenizer_name_or_path: Tokenizer; ``None`` takes the model's.
+    """
+
+    def __init__(
+        self,
+        train_file: str = "bundled:rank.jsonl",
+        val_file: Optional[str] = None,
+        columns: Optional[dict[str, str]] = None,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        only_permissive: bool = False,
+        prompt_template: str = DEFAULT_TEMPLATE,
+        chat_template: ChatTemplateMode = "auto",
+        max_length: Optional[int] = None,
+        min_completion_tokens: int = 8,
+        overlong: Literal["skip", "error"] = "skip",
+        pair_mode: Literal["grouped", "shuffled_pairs"] = "grouped",
+        batch_size: int = 8,
+        demonstrations_file: Optional[str] = "bundled:sft.jsonl",
+        normalization_rows: int = 256,
+        num_workers: int = 0,
+        tokenizer_name_or_path: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        check_range("data.val_fraction", val_fraction, 0, below=1)
+        check_range("data.max_length", max_length, 2, optional=True)
+        check_range("data.min_completion_tokens", min_completion_tokens, 1)
+        check_range("data.batch_size", batch_size, 1)
+        check_range("data.normalization_rows", normalization_rows, 1)
+        check_range("data.num_workers", num_workers, 0)
+        self.save_hyperparameters()
+        self.tokenizer = None
+        self.train_groups: list[dict] = []
+        self.val_groups: list[dict] = []
+        self.max_length = 0
+        self._demonstrations: Optional[list[tuple[str, str]]] = None
+
+    def read(self, path: str) -> list[tuple[int, dict]]:
+        keep = (lambda row: bundled.is_permissive(row.get("license"))) if self.hparams.only_permissive else None
+        return read_rows(path, check_ranked_row, keep=keep, columns=self.hparams.columns)
+
+    def encode(self, rows: list[tuple[int, dict]], path: str, stats: RankedStats) -> list[dict]:
+        h = self.hparams
+        groups = []
+        fmt = self.prompt_format()
+        for line, row in rows:
+            prompt, completions, ranks = as_ranking(row)
+            prompt_ids = self.tokenizer(fmt.prompt(prompt), add_special_tokens=False)["input_ids"]
+            room = self.max_length - len(prompt_ids)
+            if room < h.min_completion_tokens:
+                stats.skipped.append(Problem(path, line, f"prompt is {len(prompt_ids)} tokens, leaving {max(room, 0)} of the {self.max_length}-token context for completions"))
+                continue
+            encoded = [encode_pair(self.tokenizer, prompt_ids, c, self.max_length, fmt) for c in completions]
+            stats.prompts += 1
+            stats.completions += len(encoded)
+            stats.truncated += sum(cut for _, cut in encoded)
+            stats.comparisons += sum(ri < rj for ri in ranks for rj in ranks)
+            groups.append({"input_ids": [ids for ids, _ in encoded], "ranks": ranks, "prompt": prompt})
+        return groups
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_groups:
+            return
+        h = self.hparams
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if module is not None and not h.tokenizer_name_or_path:
+            self.tokenizer = module.tokenizer
+        else:
+            self.tokenizer = load_tokenizer(h.tokenizer_name_or_path or EMBEDDED)
+        self.max_length = h.max_length or (module.context_length if module is not None else 256)
+        self.prepare()
+
+    def prepare(self) -> None:
+        """Read, validate and tokenise both splits (called by :meth:`setup`; usable without a Trainer)."""
+        h = self.hparams
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(h.tokenizer_name_or_path or EMBEDDED)
+        self.max_length = self.max_length or h.max_length or 256
+        rows = self.read(h.train_file)
+        if h.val_file:
+            train_rows, val_rows, val_path = rows, self.read(h.val_file), h.val_file
+        else:
+            train_rows, val_rows = split(rows, lambda r: prompt_key(r[1]["prompt"]), h.val_fraction, h.split_seed)
+            val_path = h.train_file
+        if not val_rows:
+            raise DataError(f"{h.train_file}: the validation split is empty (raise val_fraction or give val_file)")
+        train_stats, val_stats = RankedStats(), RankedStats()
+        self.train_groups = self.encode(train_rows, h.train_file, train_stats)
+        self.val_groups = self.encode(val_rows, val_path, val_stats)
+        skipped = train_stats.skipped + val_stats.skipped
+        if skipped and h.overlong == "error":
+            raise_problems(skipped, "over-long rows; set data.overlong=skip to drop them instead")
+        if not self.train_groups or not self.val_groups:
+            raise DataError(f"{h.train_file}: no rows left after skipping over-long ones")
+        self.stats = {"train": train_stats, "val": val_stats}
+        self._demonstrations = self.read_demonstrations()  # checked now: it is used only after training
+        rank_zero_info(
+            f"[reward data] {train_stats.prompts} train / {val_stats.prompts} val prompts from {h.train_file}: "
+            f"{train_stats.completions} / {val_stats.completions} completions, {train_stats.comparisons} / "
+            f"{val_stats.comparisons} comparisons; {train_stats.truncated + val_stats.truncated} completions cut to "
+            f"{self.max_length} tokens; {len(skipped)} over-long rows skipped" + (f" (first: {skipped[0]})" if skipped else "")
+            + (f"; pair_mode={h.pair_mode}" if h.pair_mode != "grouped" else "")
+        )
+
+    def prompt_format(self) -> PromptFormat:
+        """How prompts become model input with this data's settings and tokenizer."""
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(self.hparams.tokenizer_name_or_path or EMBEDDED)
+        return PromptFormat.from_tokenizer(self.tokenizer, self.hparams.prompt_template, self.hparams.chat_template)
+
+    def train_examples(self) -> list[dict]:
+        if self.hparams.pair_mode == "shuffled_pairs":
+            return expand_to_pairs(self.train_groups)
+        return self.train_groups
+
+    def demonstrations(self) -> list[tuple[str, str]]:
+        """(prompt, response) pairs for the normalisation: a fixed subset of ``demonstrations_file`` (read and
+        validated by :meth:`prepare`, before training)."""
+        if self._demonstrations is None:
+            self._demonstrations = self.read_demonstrations()
+        return self._demonstrations
+
+    def read_demonstrations(self) -> list[tuple[str, str]]:
+        h = self.hparams
+        if not h.demonstrations_file:
+            return []
+        rows = read_rows(h.demonstrations_file, lambda r: check_prompt_field(r) or check_text_fields(r, ("response",)))
+        ordered = sorted(rows, key=lambda r: hashlib.sha256(prompt_key(r[1]["prompt"]).encode()).hexdigest())
+        return [(r["prompt"], r["response"]) for _, r in ordered[: h.normalization_rows]]
+
+    def _loader(self, examples: list[dict], shuffle: bool) -> DataLoader:
+        return DataLoader(examples, batch_size=self.hparams.batch_size, shuffle=shuffle,
+                          collate_fn=RankedCollator(self.tokenizer.pad_token_id), num_workers=self.hparams.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_examples(), shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_groups, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()

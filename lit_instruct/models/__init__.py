@@ -1,0 +1,1 @@
+"""Backbones, tokenizers and the reward model, and the export directory every stage writes."""

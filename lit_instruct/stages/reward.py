@@ -1,0 +1,180 @@
+"""Reward stage: train a reward model on K-way rankings with InstructGPT's grouped loss (all C(K,2) pairs of a
+prompt in one batch element, ties dropped), normalise it on SFT demonstrations, export it."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import BinaryAccuracy
+
+from lit_instruct.data.prompt_format import PromptFormat
+from lit_instruct.data.rankings import RewardDataModule
+from lit_instruct.metrics import PairAccuracyByK
+from lit_instruct.models.causal_lm import (
+    EMBEDDED,
+    DtypeName,
+    TinyConfig,
+    load_tokenizer,
+)
+from lit_instruct.models.reward_model import RewardModel
+from lit_instruct.objectives import ranking_loss
+from lit_instruct.stages.stage import Stage, default_optimizer
+
+
+class RewardModule(Stage):
+    """Train a reward model on rankings with InstructGPT's grouped loss; normalise it; export it.
+
+    Args:
+        model_name_or_path: The causal LM to start from: usually the SFT export; ``"embedded"`` builds a fresh
+            tiny model; any Hugging Face causal LM (hub name or directory) works.
+        tokenizer_name_or_path: Tokenizer; ``None`` takes the model's.
+        tiny: Size of the embedded model (ignored for other models).
+        residual_dropout: Residual/hidden dropout; ``None`` keeps the model config's value.
+        optimizer: Optimizer factory (paper: Adam, LR 9e-6, cosine to 10%).
+        warmup_steps: Linear warm-up steps.
+        min_lr_ratio: Cosine decay ends at this fraction of the peak learning rate.
+        export_dir: Where the reward-model export is written; ``None``: ``<default_root_dir>/export``.
+        max_k: Validation accuracy is also reported per K for K = 2..max_k (larger K share the last bucket).
+        gradient_checkpointing: Recompute activations in the backward pass to save memory.
+        load_dtype: dtype the weights are loaded in, whatever the checkpoint stores: float32 (the default) keeps
+            fp32 master weights under ``bf16-mixed``.
+        export_dtype: dtype of the exported weights (the normalisation shift is stored exactly either way).
+    """
+
+    stage = "reward"
+
+    def __init__(
+        self,
+        model_name_or_path: str = EMBEDDED,
+        tokenizer_name_or_path: Optional[str] = None,
+        tiny: TinyConfig = TinyConfig(),
+        residual_dropout: Optional[float] = None,
+        optimizer: OptimizerCallable = default_optimizer,
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.1,
+        export_dir: Optional[str] = None,
+        max_k: int = 9,
+        gradient_checkpointing: bool = False,
+        load_dtype: DtypeName = "float32",
+        export_dtype: DtypeName = "float32",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.optimizer_factory = optimizer
+        tiny = TinyConfig(**tiny) if isinstance(tiny, dict) else tiny
+        self.tokenizer = load_tokenizer(tokenizer_name_or_path or model_name_or_path, tiny)
+        self.reward_model = RewardModel.from_causal_lm(
+            model_name_or_path, self.tokenizer, tiny=tiny, residual_dropout=residual_dropout,
+            gradient_checkpointing=gradient_checkpointing, dtype=load_dtype,
+        )
+        self.val_loss = MeanMetric()
+        self.val_margin = MeanMetric()
+        self.val_accuracy = BinaryAccuracy()
+        self.val_accuracy_by_k = PairAccuracyByK(max_k)
+        self.val_length_baseline = MeanMetric()
+
+    @property
+    def context_length(self) -> int:
+        return self.reward_model.context_length
+
+    def rewards(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The (b, k_max) reward grid: every completion of every prompt through the model exactly once."""
+        flat = self.reward_model(batch["input_ids"], batch["attention_mask"])  # (n,)
+        grid = flat.new_zeros(batch["mask"].shape)
+        return grid.index_put((batch["group"], batch["slot"]), flat)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = ranking_loss(self.rewards(batch), batch["ranks"], batch["mask"])
+        self.log("train/loss", out["loss"], prog_bar=True)
+        self.log("train/accuracy", (out["pair_margin"] > 0).float().mean(), prog_bar=True)
+        self.log("train/margin", out["pair_margin"].mean())
+        return out["loss"]
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        out = ranking_loss(self.rewards(batch), batch["ranks"], batch["mask"])
+        # The same comparisons judged by length alone ("the longer completion wins", ties count half): a reward
+        # model should beat it, and on AI-judged data it is strong.
+        lengths = batch["attention_mask"].sum(-1).float()
+        by_length = ranking_loss(lengths.new_zeros(batch["mask"].shape).index_put((batch["group"], batch["slot"]), lengths),
+                                 batch["ranks"], batch["mask"])["pair_margin"]
+        self.val_length_baseline.update((by_length > 0).float() + 0.5 * (by_length == 0).float())
+        self.val_loss.update(out["loss"], weight=batch["mask"].shape[0])
+        self.val_margin.update(out["pair_margin"])
+        probs = torch.sigmoid(out["pair_margin"])
+        self.val_accuracy.update(probs, torch.ones_like(probs, dtype=torch.long))
+        self.val_accuracy_by_k.update(out["pair_margin"], out["pair_k"])
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/loss", self.val_loss.compute(), prog_bar=True, sync_dist=True)
+        self.log("val/accuracy", self.val_accuracy.compute(), prog_bar=True, sync_dist=True)
+        self.log("val/margin", self.val_margin.compute(), sync_dist=True)
+        self.log("val/length_baseline_accuracy", self.val_length_baseline.compute(), sync_dist=True)
+        for k, accuracy in self.val_accuracy_by_k.compute().items():  # synced: every rank logs the same Ks
+            self.log(f"val/accuracy_k{k}", accuracy)
+        for metric in (self.val_loss, self.val_margin, self.val_accuracy, self.val_length_baseline, self.val_accuracy_by_k):
+            metric.reset()
+
+    def trained_module(self) -> nn.Module:
+        return self.reward_model
+
+    def setup(self, stage: str) -> None:
+        """Take the data's prompt format now, so that the normalisation and the export use it."""
+        super().setup(stage)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "prompt_format"):
+            self.use_format(datamodule.prompt_format())
+
+    def use_format(self, fmt: PromptFormat) -> None:
+        self.reward_model.prompt_template = fmt.template
+        self.reward_model.prompt_format = fmt.describe()
+
+    # ------------------------------------------------------------------ normalisation and export
+    @torch.no_grad()
+    def normalize(self, demonstrations: list[tuple[str, str]], batch_size: int = 16) -> float:
+        """Set ``reward_shift`` so that the demonstrations' mean reward is 0; returns the shift.
+
+        Every process scores the same demonstrations (a collective under ZeRO-3)."""
+        was_training = self.reward_model.training
+        self.reward_model.eval()
+        self.reward_model.reward_shift = 0.0
+        raw = self.reward_model.score([p for p, _ in demonstrations], [r for _, r in demonstrations], batch_size=batch_size)
+        shift = -float(raw.double().mean())
+        self.reward_model.reward_shift = shift
+        self.reward_model.normalization = {"shift": shift, "raw_mean": -shift, "raw_std": float(raw.std()), "rows": len(demonstrations)}
+        self.reward_model.train(was_training)
+        return shift
+
+    def prepare_export_from_checkpoint(self, checkpoint: dict) -> None:
+        """Checkpoints are written before the normalisation: redo it from the data module's saved settings."""
+        settings = {k: v for k, v in (checkpoint.get("datamodule_hyper_parameters") or {}).items() if not k.startswith("_")}
+        data = RewardDataModule(**settings)
+        data.tokenizer = self.tokenizer
+        self.use_format(data.prompt_format())
+        if settings.get("demonstrations_file"):
+            self.normalize(data.demonstrations())
+            self.reward_model.normalization["file"] = settings["demonstrations_file"]
+
+    def on_fit_end(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        demos = datamodule.demonstrations() if hasattr(datamodule, "demonstrations") else []
+        if demos:
+            shift = self.normalize(demos)
+            rank_zero_info(f"[reward] normalised on {len(demos)} demonstrations: shift {shift:+.4f} (raw std {self.reward_model.normalization['raw_std']:.4f})")
+            for logger in self.trainer.loggers:
+                logger.log_metrics({"reward/normalization_shift": shift}, step=self.trainer.global_step)
+            self.reward_model.normalization["file"] = datamodule.hparams.demonstrations_file
+        else:
+            rank_zero_info("[reward] no demonstrations_file: the export is not normalised, and PPO will refuse it")
+        super().on_fit_end()
+
+    def export_target(self):
+        return self.reward_model, self.tokenizer
+
+    def export_metadata(self) -> dict:
+        normalization = {**self.reward_model.normalization, "shift": self.reward_model.reward_shift} if self.reward_model.normalization else None
+        return {"normalization": normalization, "prompt_template": self.reward_model.prompt_template, "prompt_format": self.reward_model.prompt_format}
