@@ -127,7 +127,7 @@ def iteration(models: Models, tokenizer, prompts: list[list[int]], first_epoch: 
     (generation, update, and scoring per mode) and the accuracy figures per mode."""
     import torch
 
-    from lit_instruct.data.batching import pad
+    from lit_instruct.data.batching import pad_with_mask
     from lit_instruct.objectives import (
         clipped_policy_loss,
         clipped_value_loss,
@@ -145,8 +145,7 @@ def iteration(models: Models, tokenizer, prompts: list[list[int]], first_epoch: 
 
     optimizer = models.reset()
     policy, critic = models.policy, models.critic
-    query = pad(prompts, tokenizer.pad_token_id, left=True)
-    query_mask = pad([[1] * len(p) for p in prompts], 0, left=True)
+    query, query_mask = pad_with_mask(prompts, tokenizer.pad_token_id, left=True)
     out = {"scoring": {}}
     with precision_context(precision):
         # ------------------------------------------------------------------ rollout (PPOModule.rollout)

@@ -6,6 +6,9 @@ import time
 
 import lightning as L
 
+from lit_instruct.models.reward_model import RewardModel
+from lit_instruct.strategies import is_zero3
+
 
 class TokenThroughput(L.Callback):
     """Logs ``throughput/tokens_per_s``: non-padding tokens trained on per second, over all processes.
@@ -69,9 +72,7 @@ class RewardModelSelection(L.Callback):
         self.scores: list[float] = []
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        from lit_instruct.models.reward_model import RewardModel
-
-        if getattr(trainer.strategy, "zero_stage_3", False):
+        if is_zero3(trainer.strategy):
             raise ValueError("RewardModelSelection does not support ZeRO-3")
         self.reward_model = RewardModel.from_pretrained(self.reward_model_path).to(pl_module.device)
         if self.reward_model.tokenizer.get_vocab() != pl_module.tokenizer.get_vocab():

@@ -103,7 +103,8 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, 
 
 
 def last_index(mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last 1 in each row of a (b, t) mask (0 for an empty row)."""
+    """Index of the last 1 in each row of a (b, t) mask (0 for an empty row): the last real token of a left- or
+    right-padded batch, the last response token of a rollout."""
     t = mask.shape[1]
     positions = torch.arange(t, device=mask.device).expand_as(mask)
     return (positions * mask.long()).amax(dim=1)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from lit_instruct.data.batching import position_ids
 from lit_instruct.objectives import entropy_from_logprobs
 
 
@@ -68,11 +69,6 @@ class Rollout:
             else:
                 out[f.name] = value[:, :keep_to]
         return Rollout(**out), keep_to
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding, as ``generate`` uses them."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def response_mask(response: torch.Tensor, eos_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,10 +15,19 @@ from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.strategies.ddp import DDPStrategy
 
 
+def is_zero3(strategy) -> bool:
+    """Whether ``strategy`` shards the parameters (DeepSpeed ZeRO stage 3); ``None`` (no trainer) is not."""
+    return bool(getattr(strategy, "zero_stage_3", False))
+
+
+def synced_generation(strategy) -> bool:
+    """Whether ``generate`` must keep every process stepping until all are done (ZeRO-3 on more than one process:
+    each forward pass gathers parameters from every rank)."""
+    return is_zero3(strategy) and strategy.world_size > 1
+
+
 class CPUDeepSpeedStrategy(DeepSpeedStrategy):
     """DeepSpeed ZeRO (stage 1-3) on CPU processes. Takes every argument of Lightning's ``DeepSpeedStrategy``."""
-
-    strategy_name = "deepspeed_cpu"
 
     def setup_environment(self) -> None:
         # DeepSpeedStrategy's own version only adds the CUDA check before calling this.

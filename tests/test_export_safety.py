@@ -14,7 +14,11 @@ from safetensors.torch import load_file
 
 from lit_instruct import SFTDataModule, SFTModule, TinyConfig
 from lit_instruct.models.export import ExportError, read_metadata, save_export
-from lit_instruct.tools.checkpoints import CheckpointError, _weights_only_everywhere, export_checkpoint
+from lit_instruct.tools.checkpoints import (
+    CheckpointError,
+    _weights_only_everywhere,
+    export_checkpoint,
+)
 
 TINY = TinyConfig(n_layer=1, n_embd=32, n_head=2, n_positions=64)
 

@@ -11,8 +11,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lit_instruct import RewardDataModule, RewardModel, RewardModule
 from lit_instruct.data.rankings import RankedCollator, expand_to_pairs
 from lit_instruct.data.records import DataError
-from lit_instruct.models.reward_model import last_token_index
-from lit_instruct.objectives import ranking_loss
+from lit_instruct.objectives import last_index, ranking_loss
 
 
 def write_jsonl(path, rows):
@@ -78,11 +77,11 @@ def test_shuffled_pairs_mode_trains_on_every_comparison_as_its_own_example(token
     assert len(dm.val_groups[0]["input_ids"]) == 3  # validation stays grouped
 
 
-def test_last_token_index_handles_either_padding_side():
+def test_last_index_handles_either_padding_side():
     right = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
     left = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 1]])
-    assert last_token_index(right).tolist() == [2, 3]
-    assert last_token_index(left).tolist() == [3, 3]
+    assert last_index(right).tolist() == [2, 3]
+    assert last_index(left).tolist() == [3, 3]
 
 
 def test_reward_is_the_same_with_left_or_right_padding(tokenizer):

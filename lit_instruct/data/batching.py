@@ -24,6 +24,20 @@ def pad(rows: Sequence[Sequence[int]], value: int, *, left: bool = False, multip
     return out
 
 
+def pad_with_mask(rows: Sequence[Sequence[int]], pad_token_id: int, *, left: bool = False,
+                  multiple_of: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of variable-length rows: :func:`pad` with ``pad_token_id``, and 1 on every real token."""
+    ids = pad(rows, pad_token_id, left=left, multiple_of=multiple_of)
+    mask = pad([[1] * len(r) for r in rows], 0, left=left, multiple_of=multiple_of)
+    return ids, mask
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding (as ``generate`` numbers them), so that left- and right-padded rows give the
+    same outputs. (b, t) -> (b, t)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 class LMCollator:
     """Collate ``{"input_ids": [...], "labels": [...]}`` examples into a padded LM batch.
 
@@ -36,10 +50,7 @@ class LMCollator:
         self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        ids = [e["input_ids"] for e in examples]
         m = self.pad_to_multiple_of
-        return {
-            "input_ids": pad(ids, self.pad_token_id, multiple_of=m),
-            "attention_mask": pad([[1] * len(r) for r in ids], 0, multiple_of=m),
-            "labels": pad([e["labels"] for e in examples], IGNORE_INDEX, multiple_of=m),
-        }
+        input_ids, attention_mask = pad_with_mask([e["input_ids"] for e in examples], self.pad_token_id, multiple_of=m)
+        labels = pad([e["labels"] for e in examples], IGNORE_INDEX, multiple_of=m)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from lit_instruct import bundled
-from lit_instruct.data.batching import pad
+from lit_instruct.data.batching import pad_with_mask
 from lit_instruct.data.prompt_format import (
     DEFAULT_TEMPLATE,
     ChatTemplateMode,
@@ -127,8 +127,7 @@ class RankedCollator:
             mask[b, : len(g["ranks"])] = True
             comparisons += sum(ri < rj for ri in g["ranks"] for rj in g["ranks"])
         return {
-            "input_ids": pad(rows, self.pad_token_id),
-            "attention_mask": pad([[1] * len(r) for r in rows], 0),
+            **dict(zip(("input_ids", "attention_mask"), pad_with_mask(rows, self.pad_token_id))),
             "group": torch.as_tensor(group),
             "slot": torch.as_tensor(slot),
             "ranks": ranks,

@@ -15,11 +15,9 @@ from pathlib import Path
 
 import torch
 
+from lit_instruct.strategies import is_zero3
+
 METADATA_FILE = "lit_instruct.json"
-
-
-def _is_zero3(strategy) -> bool:
-    return bool(getattr(strategy, "zero_stage_3", False))
 
 
 def full_state_dict(model: torch.nn.Module, strategy=None) -> dict[str, torch.Tensor] | None:
@@ -27,7 +25,7 @@ def full_state_dict(model: torch.nn.Module, strategy=None) -> dict[str, torch.Te
 
     Returns ``None`` on ranks other than 0 under ZeRO-3; elsewhere the model's own state dict.
     """
-    if strategy is not None and _is_zero3(strategy):
+    if strategy is not None and is_zero3(strategy):
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):

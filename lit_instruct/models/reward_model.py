@@ -20,7 +20,7 @@ from transformers import (
     GPT2Model,
 )
 
-from lit_instruct.data.batching import pad
+from lit_instruct.data.batching import pad_with_mask, position_ids
 from lit_instruct.data.prompt_format import (
     DEFAULT_TEMPLATE,
     PromptFormat,
@@ -37,16 +37,11 @@ from lit_instruct.models.causal_lm import (
     set_dropout,
 )
 from lit_instruct.models.export import read_metadata
+from lit_instruct.objectives import last_index
 
 LEGACY_HEAD_FILE = "reward_head.safetensors"  # exports written before the sequence-classification format
 #: ``config.json`` key of a reward export that holds its normalisation (shift, raw mean and std, rows, file).
 NORMALIZATION_KEY = "reward_normalization"
-
-
-def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last real token of each row, with padding on the right or on the left. (b, t) -> (b,)."""
-    t = attention_mask.shape[1]
-    return t - 1 - attention_mask.flip(-1).long().argmax(-1)
 
 
 def encode_pair(tokenizer, prompt_ids: list[int], completion: str, max_length: int, fmt: PromptFormat | None = None) -> tuple[list[int], bool]:
@@ -235,16 +230,15 @@ class RewardModel(nn.Module):
 
         Position ids follow the attention mask, so left- and right-padded rows give the same outputs. The head
         computes on the backbone's output cast to its own dtype (a bf16 or quantized backbone, an fp32 head)."""
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         hidden = self.backbone(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask), use_cache=False
         ).last_hidden_state  # (b, t, h)
         return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1).float() + self.reward_shift
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Rewards of (b, t) sequences: (b,), read at each row's last real token, shift included."""
         values = self.values(input_ids, attention_mask)  # (b, t)
-        return values[torch.arange(values.shape[0], device=values.device), last_token_index(attention_mask)]
+        return values[torch.arange(values.shape[0], device=values.device), last_index(attention_mask)]
 
     @torch.no_grad()
     def score(self, prompts: list, completions: list[str], batch_size: int = 16, max_length: int | None = None,
@@ -266,9 +260,8 @@ class RewardModel(nn.Module):
                 prompt_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
                 ids, _ = encode_pair(self.tokenizer, prompt_ids[-(max_length - 1):], c, max_length, fmt)
                 rows.append(ids)
-            input_ids = pad(rows, self.tokenizer.pad_token_id).to(device)
-            mask = pad([[1] * len(r) for r in rows], 0).to(device)
-            out.append(self(input_ids, mask).cpu())
+            input_ids, mask = pad_with_mask(rows, self.tokenizer.pad_token_id)
+            out.append(self(input_ids.to(device), mask.to(device)).cpu())
         return torch.cat(out)
 
 

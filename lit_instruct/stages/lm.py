@@ -13,7 +13,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
-from lit_instruct.data.batching import pad
+from lit_instruct.data.batching import pad_with_mask
 from lit_instruct.loggers import log_table
 from lit_instruct.models.causal_lm import (
     EMBEDDED,
@@ -25,6 +25,7 @@ from lit_instruct.models.causal_lm import (
 )
 from lit_instruct.objectives import IGNORE_INDEX, lm_loss
 from lit_instruct.stages.stage import Stage, default_optimizer
+from lit_instruct.strategies import synced_generation
 
 
 class CausalLMModule(Stage):
@@ -134,10 +135,8 @@ class CausalLMModule(Stage):
         """Continue each prompt (left-padded batch, KV cache); returns the generated text only."""
         limit = max(1, self.context_length - max_new_tokens)
         ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"][-limit:] for p in prompts]
-        input_ids = pad(ids, self.tokenizer.pad_token_id, left=True).to(self.device)
-        attention_mask = pad([[1] * len(r) for r in ids], 0, left=True).to(self.device)
-        strategy = self.trainer.strategy if self._trainer is not None else None
-        synced = bool(getattr(strategy, "zero_stage_3", False)) and strategy.world_size > 1
+        input_ids, attention_mask = (t.to(self.device) for t in pad_with_mask(ids, self.tokenizer.pad_token_id, left=True))
+        synced = synced_generation(self.trainer.strategy if self._trainer is not None else None)
         was_training = self.model.training
         self.model.eval()
         out = self.model.generate(

@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics import MeanMetric
 
-from lit_instruct.data.batching import pad
+from lit_instruct.data.batching import pad_with_mask
 from lit_instruct.loggers import log_table
 from lit_instruct.models.causal_lm import (
     DtypeName,
@@ -50,6 +50,7 @@ from lit_instruct.rollout import (
     score_rollout,
 )
 from lit_instruct.stages.stage import Stage
+from lit_instruct.strategies import is_zero3, synced_generation
 
 
 def ppo_optimizer(params, lr: float = 1e-5) -> torch.optim.Optimizer:
@@ -255,7 +256,7 @@ class PPOModule(Stage):
                 strategy.config.setdefault("gradient_clipping", self.hparams.max_grad_norm)
             # The prompt stream has no batch sampler to read a micro-batch size from: one update is one minibatch.
             strategy.config.setdefault("train_micro_batch_size_per_gpu", self.hparams.minibatch_size)
-        if self.ema is not None and getattr(strategy, "zero_stage_3", False):
+        if self.ema is not None and is_zero3(strategy):
             raise ValueError("ema_decay is not supported under ZeRO-3 (the policy's weights are sharded)")
 
     def configure_optimizers(self):
@@ -274,12 +275,11 @@ class PPOModule(Stage):
     # ------------------------------------------------------------------ rollouts
     def _synced(self) -> bool:
         strategy = self.trainer.strategy if self._trainer is not None else None
-        return bool(getattr(strategy, "zero_stage_3", False)) and strategy.world_size > 1
+        return synced_generation(strategy)
 
     def collate_prompts(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        query = pad(prompts, self.tokenizer.pad_token_id, left=True).to(self.device)
-        mask = pad([[1] * len(p) for p in prompts], 0, left=True).to(self.device)
-        return query, mask
+        query, mask = pad_with_mask(prompts, self.tokenizer.pad_token_id, left=True)
+        return query.to(self.device), mask.to(self.device)
 
     def recompute_logprobs(self) -> bool:
         """Whether old log-probs need their own forward pass (see ``rollout_logprobs``)."""

@@ -11,10 +11,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from lit_instruct.models import export as export_lib
 from lit_instruct.callbacks import TokenThroughput
+from lit_instruct.models import export as export_lib
 from lit_instruct.utils import class_path
-
 
 #: State-dict prefixes of checkpoints written before the redesign, and what they are called now.
 LEGACY_PREFIXES = (("rm.", "reward_model."), ("ref.", "reference."))
