@@ -124,16 +124,15 @@ class PPODataModule(L.LightningDataModule):
         self.tokenizer = module.tokenizer if module is not None else load_tokenizer("embedded")
         if module is not None:
             context = min(context_length(module.policy.config), module.reward_model.context_length)
-            longest = self.hparams.max_prompt_tokens + module.hparams.max_new_tokens
+            longest = self.hparams.max_prompt_tokens + module.max_new_tokens
             if longest > context:
                 raise ValueError(
                     f"data.max_prompt_tokens ({self.hparams.max_prompt_tokens}) + model.max_new_tokens "
-                    f"({module.hparams.max_new_tokens}) = {longest} tokens exceed the {context}-token context of the "
+                    f"({module.max_new_tokens}) = {longest} tokens exceed the {context}-token context of the "
                     "policy / reward model: lower one of them"
                 )
             self.check_formats(module)
-        hp = module.hparams if module is not None else {}
-        self.prepare(needs_ptx=hp.get("ptx_coef", 1) > 0 and hp.get("ptx_examples_per_episode", 1) > 0)
+        self.prepare(needs_ptx=module.uses_ptx if module is not None else True)
 
     def prompt_format(self) -> PromptFormat:
         """How prompts become model input with this data's settings and tokenizer."""

@@ -221,6 +221,16 @@ class PPOModule(Stage):
     def context_length(self) -> int:
         return self.reward_model.context_length
 
+    @property
+    def max_new_tokens(self) -> int:
+        """Longest response of a rollout (the data module checks that prompts leave room for it)."""
+        return self.hparams.max_new_tokens
+
+    @property
+    def uses_ptx(self) -> bool:
+        """Whether updates mix in pretraining text (the data module then needs training text for it)."""
+        return self.hparams.ptx_coef > 0 and self.hparams.ptx_examples_per_episode > 0
+
     def trained_module(self) -> torch.nn.Module:
         return self.policy
 
@@ -412,7 +422,7 @@ class PPOModule(Stage):
                 value = clipped_value_loss(values, mb.values, mb_returns, mask, h.value_clip_range)
                 loss = policy["loss"] + h.vf_coef * value["loss"]
                 ptx = torch.zeros((), device=self.device)
-                if h.ptx_coef > 0 and h.ptx_examples_per_episode > 0:
+                if self.uses_ptx:
                     ptx_batch = self.trainer.datamodule.ptx_batch(h.ptx_examples_per_episode * len(index))
                     ptx_batch = {k: v.to(self.device) for k, v in ptx_batch.items()}
                     ptx_logits = self.policy(input_ids=ptx_batch["input_ids"], attention_mask=ptx_batch["attention_mask"], use_cache=False).logits
