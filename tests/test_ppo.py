@@ -65,7 +65,7 @@ def test_trainable_weights_change_and_frozen_ones_do_not(exports, tmp_path):
     after = module.state_dict()
     changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
     assert {"policy", "critic"} <= changed
-    assert not changed & {"ref", "rm"}
+    assert {"reference", "reward_model"} <= {k.split(".")[0] for k in before} and not changed & {"reference", "reward_model"}
     assert not any(p.requires_grad for p in module.reference.parameters()) and not module.reward_model.training
     assert module.episodes == 16
     metrics = module.trainer.callback_metrics

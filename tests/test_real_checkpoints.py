@@ -178,7 +178,7 @@ def test_sft_and_reward_train_in_train_mode_from_a_hub_checkpoint(hf, files, tmp
     assert probe.differ == [True, True], "residual dropout 0.2 was not live during SFT training steps"
 
     reward = RewardModule(model_name_or_path=str(hf["gpt2"]), residual_dropout=0.2, export_dir=str(tmp_path / "rm"))
-    probe = ModeProbe("rm", rm_forward)
+    probe = ModeProbe("reward_model", rm_forward)
     trainer(tmp_path, 2, callbacks=[probe]).fit(reward, reward_data(files))
     assert probe.modes == [True, True], "the reward stage trained a model that was (partly) in eval mode"
     assert probe.differ == [True, True], "residual dropout 0.2 was not live during reward training steps"
