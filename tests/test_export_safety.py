@@ -301,3 +301,19 @@ def test_fit_refuses_a_foreign_export_directory_before_training(tmp_path):
         L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                   callbacks=[Count()], default_root_dir=tmp_path).fit(module, SFTDataModule(batch_size=2, max_length=32))
     assert not steps and (mine / "notes.txt").read_text() == "my own files"
+
+
+def test_a_checkpoint_written_before_the_redesign_still_exports(tmp_path):
+    """Old class paths (``lit_instruct.reward.RewardModule``) and attribute names (``rm.``) of checkpoints written
+    before the package was reorganised map onto today's; a foreign class is still refused (test above)."""
+    from lit_instruct import RewardModule
+
+    module = RewardModule(tiny=TINY)
+    state = {("rm." + k[len("reward_model."):] if k.startswith("reward_model.") else k): v for k, v in module.state_dict().items()}
+    assert any(k.startswith("rm.backbone.") for k in state)
+    torch.save({"lit_instruct": {"class_path": "lit_instruct.reward.RewardModule", "stage": "reward"}, "state_dict": state,
+                "hyper_parameters": {"tiny": vars(TINY)}}, tmp_path / "old.ckpt")
+    out = export_checkpoint(tmp_path / "old.ckpt", tmp_path / "out")
+    exported = load_file(out / "model.safetensors")
+    assert torch.equal(exported["score.weight"], module.reward_model.head.weight)
+    assert read_metadata(out)["stage"] == "reward"
