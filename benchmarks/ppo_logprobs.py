@@ -2,7 +2,7 @@
 
 ``score_rollout(policy=None)`` turns the logits that ``generate`` kept into the old log-probs (no extra forward
 pass); ``score_rollout(policy=model, chunks=...)`` recomputes them with one policy pass per first-epoch minibatch,
-trimmed as the update trims it. ``PPOModule(rollout_logprobs="auto")`` picks the first in ``32-true`` and the
+trimmed as the update trims it. ``PPOModule(update=PPOUpdate(rollout_logprobs="auto"))`` picks the first in ``32-true`` and the
 second under any other precision. This script measures both, side by side, in fp32 and ``bf16-mixed``:
 
 * accuracy: |old log-prob - the update's log-prob| per response token of the first PPO minibatch, where the
@@ -106,7 +106,7 @@ class Models:
         self.parameters = sum(p.numel() for p in self.policy.parameters())
 
     def reset(self):
-        """Back to the starting weights, with a fresh optimizer (as ``ppo_ptx.ppo_optimizer``: Adam, lr 1e-5, eps 1e-5;
+        """Back to the starting weights, with a fresh optimizer (as ``stages.ppo.ppo_optimizer``: Adam, lr 1e-5, eps 1e-5;
         not imported from there, which would import Lightning for nothing)."""
         import torch
 

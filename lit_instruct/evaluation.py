@@ -20,8 +20,9 @@ def measure_policy(model_args: dict, data_args: dict, *, policy: str, reference:
     pretraining loss and response length (``HELD_OUT_METRICS``), plus up to ``samples`` sample responses.
 
     ``model_args`` / ``data_args``: a PPO run's ``PPOModule`` / ``PPODataModule`` arguments (what its config
-    gave), so every policy is measured with the same settings and on the same held-out data."""
-    args = {k: v for k, v in model_args.items() if k not in ("optimizer", "export_dir")}
+    gave; a config from before PPO's settings were grouped is read too), so every policy is measured with the same
+    settings and on the same held-out data."""
+    args = {k: v for k, v in PPOModule.upgrade_hparams(model_args).items() if k not in ("optimizer", "export_dir")}
     args.update(policy_name_or_path=policy, reference_name_or_path=reference, num_sample_prompts=samples)
     if reward_model is not None:
         args["reward_model_path"] = reward_model

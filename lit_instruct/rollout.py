@@ -5,17 +5,20 @@ into the policy's log-probs and runs one batched forward pass for each frozen or
 critic values, reward-model score) over the same token sequences, so the reward model and the critic share the
 policy's tokenisation (their tokenizers must match; the PPO module checks).
 
+``make_rollout`` does both for a batch of prompts, the first step of each PPO iteration and of PPO's validation.
+
 Shapes: ``b`` rollouts, ``q`` query (prompt) tokens, left-padded; ``r`` response tokens, right-padded.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, fields
 
 import torch
 
-from lit_instruct.data.batching import position_ids
-from lit_instruct.objectives import entropy_from_logprobs
+from lit_instruct.data.batching import pad_with_mask, position_ids
+from lit_instruct.objectives import entropy_from_logprobs, explained_variance, masked_mean
 
 
 @dataclass
@@ -199,3 +202,59 @@ def score_rollout(rollout: Rollout, *, reference, critic, reward_model, temperat
     if missing_eos_penalty is not None:
         rollout.scores[~rollout.ended] = missing_eos_penalty
     return rollout
+
+
+def collate_prompts(prompts: list[list[int]], pad_token_id: int, device: torch.device | str | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt token ids as one left-padded (b, q) batch and its mask, on ``device``."""
+    query, mask = pad_with_mask(prompts, pad_token_id, left=True)
+    return query.to(device), mask.to(device)
+
+
+def make_rollout(prompts: list[list[int]], *, policy, reference, reward_model, critic, tokenizer, max_new_tokens: int,
+                 temperature: float, top_k: int, top_p: float, missing_eos_penalty: float | None, do_sample: bool = True,
+                 recompute_logprobs: bool = False, synced_gpus: bool = False, chunks: list[torch.Tensor] | None = None,
+                 device: torch.device | str | None = None) -> tuple[Rollout, dict[str, float]]:
+    """Sample responses to ``prompts`` with ``policy`` (:func:`generate`) and score them (:func:`score_rollout`),
+    with no gradients and the policy and critic in eval mode for the while (their modes are put back after).
+    ``critic``: ``None`` computes no values. ``recompute_logprobs``: the policy's log-probs from a forward pass
+    rather than the sampling logits. Returns the rollout and the seconds spent generating and scoring."""
+    query, query_mask = collate_prompts(prompts, tokenizer.pad_token_id, device)
+    modes = [(m, m.training) for m in (policy, critic) if m is not None]
+    for module, _ in modes:
+        module.eval()
+    start = time.perf_counter()
+    rollout = generate(policy, query, query_mask, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                       max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                       do_sample=do_sample, synced_gpus=synced_gpus)
+    generated = time.perf_counter()
+    rollout = score_rollout(rollout, reference=reference, critic=critic, reward_model=reward_model, temperature=temperature,
+                            missing_eos_penalty=missing_eos_penalty, policy=policy if recompute_logprobs else None,
+                            chunks=chunks)
+    timing = {"generation": generated - start, "scoring": time.perf_counter() - generated}
+    for module, mode in modes:
+        module.train(mode)
+    return rollout, timing
+
+
+def needs_logprob_pass(mode: str, precision: str) -> bool:
+    """Whether the policy's log-probs need their own forward pass rather than the sampling logits: ``mode`` is
+    ``"recompute"``, ``"sampling"``, or ``"auto"`` (a pass under any precision but ``32-true`` / ``64-true``)."""
+    if mode == "auto":
+        return precision not in ("32-true", "32", "64-true", "64")
+    return mode == "recompute"
+
+
+def rollout_stats(rollout: Rollout, rewards: torch.Tensor, returns: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Means over a scored rollout's episodes: scores, entropy, the KL part of the reward, response length, the share
+    that ended, and how much of the returns' variance the critic's values explain."""
+    mask = rollout.response_mask.float()
+    return {
+        "objective/score": rollout.scores.mean(),
+        "objective/reward_model_score": rollout.reward_model_scores.mean(),
+        "objective/entropy": masked_mean(rollout.entropy, mask, dim=1).mean(),
+        "objective/non_score_reward": (rewards.sum(1) - rollout.scores).mean(),
+        "rollout/response_length": mask.sum(1).mean(),
+        "rollout/eos_fraction": rollout.ended.float().mean(),
+        "value/explained_variance": explained_variance(rollout.values, returns, mask),
+    }

@@ -36,7 +36,7 @@ def test_pipeline_smoke_end_to_end_then_reuse(smoke_run):
 
 
 def test_sweep_runs_a_grid_offline_resumes_and_the_study_plots_it(smoke_run, tmp_path):
-    """A 2-run ptx_coef grid on the smoke pipeline's exports through `lit-instruct sweep` (W&B offline), a rerun
+    """A 2-run ptx.ptx_coef grid on the smoke pipeline's exports through `lit-instruct sweep` (W&B offline), a rerun
     that finds the grid done, then `lit-instruct study`."""
     sweep_file = tmp_path / "grid.yaml"
     command = ["${env}", "lit-instruct", "fit", "--config", "configs/ppo/tiny.yaml",
@@ -46,17 +46,17 @@ def test_sweep_runs_a_grid_offline_resumes_and_the_study_plots_it(smoke_run, tmp
                "--data.max_val_prompts=4", "--data.max_val_pretrain_blocks=4", "${args}"]
     sweep_file.write_text(yaml.safe_dump({"name": "smoke-grid", "method": "grid",
                                           "metric": {"name": "val/score", "goal": "maximize"},
-                                          "parameters": {"model.ptx_coef": {"values": [0.0, 2.0]}}, "command": command}))
+                                          "parameters": {"model.ptx.ptx_coef": {"values": [0.0, 2.0]}}, "command": command}))
     out = tmp_path / "sweep"
     done = run_cli("sweep", str(sweep_file), "--out", str(out), timeout=900, env={"WANDB_MODE": "offline"})
     assert done.returncode == 0, done.stderr[-4000:] + done.stdout[-2000:]
     record = json.loads((out / "sweep.json").read_text())
-    assert [r["params"] for r in record["runs"]] == [{"model.ptx_coef": 0.0}, {"model.ptx_coef": 2.0}]
+    assert [r["params"] for r in record["runs"]] == [{"model.ptx.ptx_coef": 0.0}, {"model.ptx.ptx_coef": 2.0}]
     for run in record["runs"]:
         folder = Path(run["folder"])
         assert run["state"] == "finished" and "val/score" in run["summary"]
         meta = json.loads((folder / "export" / "lit_instruct.json").read_text())
-        assert meta["hparams"]["ptx_coef"] == run["params"]["model.ptx_coef"]  # the swept value reached the run
+        assert meta["hparams"]["ptx"]["ptx_coef"] == run["params"]["model.ptx.ptx_coef"]  # the swept value reached the run
         assert list((folder / "wandb").glob("offline-run-*")), "each run logs to W&B offline"
     again = run_cli("sweep", str(sweep_file), "--out", str(out), "--no-check", timeout=300)
     assert again.returncode == 0 and "run 3" not in again.stdout and "2 runs recorded" in again.stdout

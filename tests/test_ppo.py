@@ -16,7 +16,9 @@ from lit_instruct import (
     TinyConfig,
 )
 from lit_instruct.data.records import DataError
-from lit_instruct.models.export import save_export
+from lit_instruct.models.export import read_metadata, save_export
+from lit_instruct.rollout import collate_prompts
+from lit_instruct.stages.ppo_settings import KLPenalty, PPOUpdate, PtxMix, Sampling
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +39,12 @@ def exports(tmp_path_factory, tokenizer):
 
 
 def make(exports, **kwargs):
-    args = dict(policy_name_or_path=str(exports / "sft"), reward_model_path=str(exports / "rm"), max_new_tokens=8,
-                minibatch_size=4, ptx_examples_per_episode=1, num_sample_prompts=2, warmup_steps=0,
-                optimizer=lambda p: torch.optim.Adam(p, lr=1e-3, eps=1e-5))
-    args.update(kwargs)
+    """A small PPOModule; a settings group given as a dict is merged into this one's (``ptx={"ptx_coef": 0.0}``)."""
+    args = dict(policy_name_or_path=str(exports / "sft"), reward_model_path=str(exports / "rm"),
+                sampling={"max_new_tokens": 8}, update={"minibatch_size": 4}, ptx={"examples_per_episode": 1},
+                num_sample_prompts=2, warmup_steps=0, optimizer=lambda p: torch.optim.Adam(p, lr=1e-3, eps=1e-5))
+    for key, value in kwargs.items():
+        args[key] = {**args[key], **value} if isinstance(args.get(key), dict) and isinstance(value, dict) else value
     return PPOModule(**args)
 
 
@@ -78,7 +82,7 @@ def test_trainable_weights_change_and_frozen_ones_do_not(exports, tmp_path):
 
 
 def test_plain_ppo_has_no_ptx_term(exports, tmp_path):
-    module = make(exports, ptx_coef=0.0)
+    module = make(exports, ptx={"ptx_coef": 0.0})
     trainer(tmp_path, 1, enable_checkpointing=False).fit(module, data())
     assert float(module.trainer.callback_metrics["ptx/loss"]) == 0.0
 
@@ -87,12 +91,12 @@ def test_resume_restores_the_ppo_state(exports, tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)
-    module = make(exports, adaptive_kl=True, kl_coef=0.1, kl_target=0.01, kl_horizon=50)
+    module = make(exports, kl=KLPenalty(kl_coef=0.1, adaptive=True, target=0.01, horizon=50))
     dm = data()
     trainer(tmp_path, 2, callbacks=[ckpt]).fit(module, dm)
     assert module.kl_controller.value != 0.1  # the controller moved
     state = torch.load(tmp_path / "ck" / "last.ckpt", weights_only=False)
-    resumed, dm2 = make(exports, adaptive_kl=True, kl_coef=0.1, kl_target=0.01, kl_horizon=50), data()
+    resumed, dm2 = make(exports, kl=KLPenalty(kl_coef=0.1, adaptive=True, target=0.01, horizon=50)), data()
     t2 = trainer(tmp_path, 3, enable_checkpointing=False)
     t2.fit(resumed, dm2, ckpt_path=tmp_path / "ck" / "last.ckpt")
     assert state["ppo_state"]["episodes"] == 16 and resumed.episodes == 24
@@ -121,12 +125,12 @@ class TokenShareReward(torch.nn.Module):
 
 def test_score_rises_and_kl_grows_with_an_easy_reward(exports, tmp_path):
     torch.manual_seed(0)
-    module = make(exports, ptx_coef=0.0, missing_eos_penalty=None, kl_coef=0.01, minibatch_size=8, ppo_epochs=2,
-                  optimizer=lambda p: torch.optim.Adam(p, lr=3e-3, eps=1e-5))
+    module = make(exports, ptx={"ptx_coef": 0.0}, missing_eos_penalty=None, kl={"kl_coef": 0.01},
+                  update={"minibatch_size": 8, "ppo_epochs": 2}, optimizer=lambda p: torch.optim.Adam(p, lr=3e-3, eps=1e-5))
     dm = data(rollout_batch_size=16)
     dm.tokenizer = module.tokenizer
     dm.prepare()
-    query, mask = module.collate_prompts(dm.train_prompts[:16])
+    query, mask = collate_prompts(dm.train_prompts[:16], module.tokenizer.pad_token_id, module.device)
     with torch.no_grad():  # reward the token the policy already likes most (a few % of its samples)
         target = int(module.policy(input_ids=query, attention_mask=mask).logits[:, -1].softmax(-1).mean(0).argmax())
     module.reward_model = TokenShareReward(module.reward_model, target, width=8)
@@ -188,7 +192,7 @@ def test_cli_ppo_ptx_tiny_config(exports, tmp_path):
         "fit", "--config", str(CONFIGS / "ppo" / "tiny.yaml"),
         "--model.policy_name_or_path", str(exports / "sft"), "--model.reward_model_path", str(exports / "rm"),
         "--model.total_episodes", "32", "--trainer.val_check_interval", "2", "--data.max_val_prompts", "4",
-        "--data.max_prompt_tokens", "64", "--model.max_new_tokens", "16",
+        "--data.max_prompt_tokens", "64", "--model.sampling.max_new_tokens", "16", "--model.kl.kl_coef", "0.05",
         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path),
         "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint", "--trainer.callbacks.dirpath", str(tmp_path / "ck"),
         "--trainer.callbacks.save_last", "true", "--model.export_dir", str(tmp_path / "export"),
@@ -197,6 +201,7 @@ def test_cli_ppo_ptx_tiny_config(exports, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     meta = json.loads((tmp_path / "export" / "lit_instruct.json").read_text())
     assert meta["stage"] == "ppo" and meta["episodes"] == 32
+    assert meta["hparams"]["kl"]["kl_coef"] == 0.05 and meta["hparams"]["sampling"]["max_new_tokens"] == 16
     assert "val/pretrain_loss" in meta["metrics"]
 
 
@@ -215,3 +220,70 @@ def test_gradient_checkpointing_of_policy_and_critic(exports, tmp_path):
     assert module.policy.is_gradient_checkpointing and module.critic.backbone.is_gradient_checkpointing
     trainer(tmp_path, 1, enable_checkpointing=False, limit_val_batches=0).fit(module, data())
     assert module.episodes == 8
+
+
+def test_settings_groups_take_dataclasses_or_dicts(exports):
+    module = make(exports, sampling=Sampling(max_new_tokens=5, temperature=0.7), update=PPOUpdate(minibatch_size=2),
+                  kl={"kl_coef": 0.3}, ptx=PtxMix(ptx_coef=0.0))
+    assert module.sampling == Sampling(max_new_tokens=5, temperature=0.7) and module.update.minibatch_size == 2
+    assert module.kl == KLPenalty(kl_coef=0.3) and module.kl_controller.value == 0.3
+    assert module.max_new_tokens == 5 and not module.uses_ptx
+    assert make(exports, ptx={"examples_per_episode": 0}).uses_ptx is False and make(exports).uses_ptx
+
+
+FLAT_HPARAMS = {  # the hyper-parameters of a checkpoint written before PPO's settings were grouped
+    "kl_coef": 0.07, "adaptive_kl": True, "kl_target": 3.0, "kl_horizon": 500, "ptx_coef": 2.5,
+    "ptx_examples_per_episode": 3, "ppo_epochs": 2, "minibatch_size": 4, "clip_range": 0.3, "value_clip_range": 0.25,
+    "vf_coef": 0.2, "discount": 0.99, "gae_lambda": 0.9, "whiten_advantages": False, "temperature": 0.8, "top_k": 5,
+    "top_p": 0.9, "max_new_tokens": 8, "val_max_new_tokens": 12, "max_grad_norm": 0.5, "rollout_logprobs": "recompute",
+    "num_sample_prompts": 0, "warmup_steps": 0,
+}
+
+
+def test_flat_hparams_of_an_old_checkpoint_map_onto_the_groups():
+    grouped = PPOModule.upgrade_hparams({**FLAT_HPARAMS, "_class_path": "lit_instruct.ppo_ptx.PPOPtxModule"})
+    assert grouped["kl"] == {"kl_coef": 0.07, "adaptive": True, "target": 3.0, "horizon": 500}
+    assert grouped["ptx"] == {"ptx_coef": 2.5, "examples_per_episode": 3}
+    assert grouped["sampling"] == {"temperature": 0.8, "top_k": 5, "top_p": 0.9, "max_new_tokens": 8, "val_max_new_tokens": 12}
+    assert PPOUpdate(**grouped["update"]) == PPOUpdate(ppo_epochs=2, minibatch_size=4, clip_range=0.3, value_clip_range=0.25,
+                                                        vf_coef=0.2, discount=0.99, gae_lambda=0.9, whiten_advantages=False,
+                                                        max_grad_norm=0.5, rollout_logprobs="recompute")
+    assert grouped["num_sample_prompts"] == 0 and grouped["_class_path"] == "lit_instruct.ppo_ptx.PPOPtxModule"
+    assert PPOModule.upgrade_hparams(grouped) == grouped  # grouped ones come back as they are
+
+
+def test_a_checkpoint_of_the_flat_argument_module_still_exports(exports, tmp_path):
+    from lit_instruct.tools.checkpoints import export_checkpoint
+
+    module = make(exports)
+    with torch.no_grad():
+        module.policy.lm_head.weight.add_(0.01)  # weights that differ from the SFT export's
+    hparams = {**FLAT_HPARAMS, "policy_name_or_path": str(exports / "sft"), "reward_model_path": str(exports / "rm"),
+               "export_dir": None, "optimizer": torch.optim.Adam}  # an optimizer saved as code: not loaded
+    ckpt = {"lit_instruct": {"class_path": "lit_instruct.ppo_ptx.PPOPtxModule", "stage": "ppo_ptx"},
+            "state_dict": module.state_dict(), "hyper_parameters": hparams,
+            "ppo_state": {"kl_controller": {"value": 0.05}, "episodes": 40}}
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    export_checkpoint(tmp_path / "old.ckpt", tmp_path / "export")
+    meta = read_metadata(tmp_path / "export")
+    assert meta["hparams"]["kl"] == {"kl_coef": 0.07, "adaptive": True, "target": 3.0, "horizon": 500}
+    assert meta["hparams"]["ptx"] == {"ptx_coef": 2.5, "examples_per_episode": 3}
+    assert meta["hparams"]["sampling"]["max_new_tokens"] == 8 and meta["hparams"]["update"]["minibatch_size"] == 4
+    assert meta["episodes"] == 40 and meta["kl_coef_final"] == 0.05
+    from safetensors.torch import load_file
+
+    exported = load_file(tmp_path / "export" / "model.safetensors")
+    key = next(k for k in exported if k.endswith("wte.weight") or k.endswith("lm_head.weight"))
+    assert torch.equal(exported[key], module.policy.state_dict()[key])
+
+
+def test_settings_groups_load_with_weights_only(exports, tmp_path):
+    """Built in Python, the module saves its groups as plain dicts (as a config gives them), so its checkpoints load
+    with ``weights_only`` (a resume too); a checkpoint that holds the dataclasses themselves loads safely as well."""
+    from lit_instruct.tools.checkpoints import safe_load
+
+    module = make(exports, kl=KLPenalty(kl_coef=0.04), sampling=Sampling(max_new_tokens=6))
+    assert module.hparams["kl"] == vars(KLPenalty(kl_coef=0.04)) and module.hparams["sampling"]["max_new_tokens"] == 6
+    groups = {"sampling": Sampling(max_new_tokens=6), "update": PPOUpdate(), "kl": KLPenalty(kl_coef=0.04), "ptx": PtxMix()}
+    torch.save({"hyper_parameters": groups, "state_dict": {}}, tmp_path / "groups.ckpt")
+    assert safe_load(tmp_path / "groups.ckpt")["hyper_parameters"] == groups

@@ -17,7 +17,7 @@ def test_there_are_sweep_files_for_the_study_and_learning_rates():
     names = [f.name for f in SWEEP_FILES]
     assert "alignment_tax_tiny.yaml" in names and "sft_lr_tiny.yaml" in names
     grid = load_sweep(ROOT / "sweeps" / "alignment_tax_tiny.yaml")
-    assert {"model.kl_coef", "model.ptx_coef"} <= set(grid["parameters"])
+    assert {"model.kl.kl_coef", "model.ptx.ptx_coef"} <= set(grid["parameters"])
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
@@ -52,14 +52,14 @@ command:
 
 
 @pytest.mark.parametrize("text, line, words", [
-    ("method: grid\nparameters:\n  model.kl_coef:\n    values: [0.01]\ncommand: [${env}, lit-instruct, fit, ${args}]\n",
+    ("method: grid\nparameters:\n  model.kl.kl_coef:\n    values: [0.01]\ncommand: [${env}, lit-instruct, fit, ${args}]\n",
      5, "block list"),
-    ("method: grdi\nparameters:\n  model.kl_coef:\n    values: [0.01]\n" + GOOD_COMMAND, 1, "'grdi' is not one of"),
-    ("method: grid\nparameters:\n  model.kl_coef:\n    values: [0.01]\n  model.ptx_coef:\n    valuess: [1, 2]\n" + GOOD_COMMAND,
-     5, "parameter 'model.ptx_coef' has no valid form"),
-    ("method: grid\nparameters:\n  model.kl_coef:\n    distribution: uniform\n    min: 0.0\n    max: 1.0\n" + GOOD_COMMAND,
+    ("method: grdi\nparameters:\n  model.kl.kl_coef:\n    values: [0.01]\n" + GOOD_COMMAND, 1, "'grdi' is not one of"),
+    ("method: grid\nparameters:\n  model.kl.kl_coef:\n    values: [0.01]\n  model.ptx.ptx_coef:\n    valuess: [1, 2]\n" + GOOD_COMMAND,
+     5, "parameter 'model.ptx.ptx_coef' has no valid form"),
+    ("method: grid\nparameters:\n  model.kl.kl_coef:\n    distribution: uniform\n    min: 0.0\n    max: 1.0\n" + GOOD_COMMAND,
      1, "Grid search requires"),
-    ("method: grid\nparameters:\n  model.kl_coef:\n    values: [0.01]\ncommand:\n  - lit-instruct\n  - fit\n", 5, "${args}"),
+    ("method: grid\nparameters:\n  model.kl.kl_coef:\n    values: [0.01]\ncommand:\n  - lit-instruct\n  - fit\n", 5, "${args}"),
 ], ids=["flow-list-command", "unknown-method", "bad-parameter-form", "grid-of-a-distribution", "no-args-macro"])
 def test_a_broken_sweep_file_gets_file_line_and_reason(tmp_path, text, line, words):
     path = write(tmp_path, text)
@@ -70,7 +70,7 @@ def test_a_broken_sweep_file_gets_file_line_and_reason(tmp_path, text, line, wor
 
 
 def test_an_unknown_parameter_is_refused_before_any_run(tmp_path):
-    path = write(tmp_path, "method: grid\nparameters:\n  model.kl_coeff:\n    values: [0.01, 0.1]\n" + GOOD_COMMAND)
+    path = write(tmp_path, "method: grid\nparameters:\n  model.kl.kl_coeff:\n    values: [0.01, 0.1]\n" + GOOD_COMMAND)
     done = run_cli("sweep", str(path), "--out", str(tmp_path / "out"), timeout=300)
     assert done.returncode != 0
     assert re.search(rf"{re.escape(str(path))}:3: the command rejects the sweep's arguments", done.stderr), done.stderr[-2000:]
@@ -79,10 +79,30 @@ def test_an_unknown_parameter_is_refused_before_any_run(tmp_path):
 
 
 def test_random_and_bayes_sweeps_need_a_run_budget(tmp_path):
-    path = write(tmp_path, "method: random\nparameters:\n  model.kl_coef:\n    distribution: log_uniform_values\n"
+    path = write(tmp_path, "method: random\nparameters:\n  model.kl.kl_coef:\n    distribution: log_uniform_values\n"
                            "    min: 0.001\n    max: 0.1\n" + GOOD_COMMAND)
     with pytest.raises(SystemExit, match="--count"):
         Sweep(path, tmp_path / "out", check=False).run()
     proposed = Sweep(path, tmp_path / "out", count=3, dry_run=True, check=False).run()
-    values = [run["params"]["model.kl_coef"] for run in proposed]
+    values = [run["params"]["model.kl.kl_coef"] for run in proposed]
     assert len(values) == 3 and all(0.001 <= v <= 0.1 for v in values) and len(set(values)) == 3
+
+
+def test_the_study_reads_grouped_and_flat_coefficients(tmp_path):
+    """Exports of grouped-settings runs (``hparams.kl.kl_coef``) and of runs from before (flat ``kl_coef``) both count."""
+    import json
+
+    from lit_instruct.evaluation import HELD_OUT_METRICS
+    from lit_instruct.tools.study import gather
+
+    metrics = {key: 0.5 for key in HELD_OUT_METRICS.values()}
+    for name, hparams in (("grouped", {"kl": {"kl_coef": 0.2, "adaptive": True}, "ptx": {"ptx_coef": 1.0}}),
+                          ("flat", {"kl_coef": 0.02, "ptx_coef": 0.0}),
+                          ("defaults", {})):
+        (tmp_path / name / "export").mkdir(parents=True)
+        meta = {"stage": "ppo", "hparams": hparams, "metrics": metrics}
+        (tmp_path / name / "export" / "lit_instruct.json").write_text(json.dumps(meta))
+    rows = {r["run"]: r for r in gather(tmp_path)}
+    assert (rows["grouped"]["kl_coef"], rows["grouped"]["ptx_coef"], rows["grouped"]["adaptive_kl"]) == (0.2, 1.0, True)
+    assert (rows["flat"]["kl_coef"], rows["flat"]["ptx_coef"], rows["flat"]["adaptive_kl"]) == (0.02, 0.0, False)
+    assert (rows["defaults"]["kl_coef"], rows["defaults"]["ptx_coef"]) == (0.02, 27.8)  # the module's defaults

@@ -136,6 +136,11 @@ class Stage(L.LightningModule):
         """Extra entries for ``lit_instruct.json``."""
         return {"prompt_format": self.prompt_format_description} if self.prompt_format_description else {}
 
+    @classmethod
+    def upgrade_hparams(cls, hparams: dict) -> dict:
+        """Hyper-parameters a checkpoint saved, as this class's constructor arguments today (default: unchanged)."""
+        return dict(hparams)
+
     def prepare_export_from_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Finish what ``on_fit_end`` would have done before exporting a converted checkpoint (default: nothing)."""
 

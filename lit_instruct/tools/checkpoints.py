@@ -25,8 +25,9 @@ def safe_checkpoint_types() -> list[type]:
     lit-instruct checkpoints hold and that are loaded as themselves: found by loading real checkpoints of every stage,
     written by the CLI and by the Python API, and DeepSpeed ZeRO-2/3 folders. Each is data only."""
     from lit_instruct.models.causal_lm import TinyConfig
+    from lit_instruct.stages.ppo_settings import GROUPS
 
-    types: list[type] = [TinyConfig]  # model.tiny, when the module was built in Python
+    types: list[type] = [TinyConfig, *GROUPS.values()]  # model.tiny and PPO's settings, when built in Python
     try:  # DeepSpeed's ZeRO optimizer shards: the stage (an int enum), the loss scale, partition offsets
         from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
         from deepspeed.runtime.zero.config import ZeroStageEnum
@@ -273,14 +274,16 @@ def stage_class(checkpoint: str | Path, ckpt: dict) -> type:
 def module_from_checkpoint(checkpoint: str | Path, ckpt: dict):
     """Rebuild a stage's module from a loaded checkpoint without unpickling or importing anything it names: the
     constructor gets the saved hyper-parameters (code references left to their defaults: exporting trains
-    nothing), then the checkpoint's ``state_dict`` is loaded strictly. The module's ``hparams`` keep the saved
-    values, code references by name."""
+    nothing; names from before a class's arguments were regrouped are mapped by its ``upgrade_hparams``), then the
+    checkpoint's ``state_dict`` is loaded strictly. The module's ``hparams`` keep the saved values, code references by
+    name."""
     cls = stage_class(checkpoint, ckpt)
     if not isinstance(ckpt.get("state_dict"), dict) or not isinstance(ckpt.get("hyper_parameters", {}), dict):
         raise CheckpointError(f"{checkpoint}: damaged or not a checkpoint (no 'state_dict', or malformed hyper-parameters)")
     params = inspect.signature(cls.__init__).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     plain, references = _plain_hyper_parameters(ckpt.get("hyper_parameters"))
+    plain = cls.upgrade_hparams(plain)
     kwargs = {k: v for k, v in plain.items() if takes_any or k in params}
     module = cls(**kwargs)
     for key, names in references.items():

@@ -2,7 +2,7 @@
 
 ``lit-instruct fit|validate|test --config FILE [--config FILE ...]`` is LightningCLI: the stage's
 LightningModule and LightningDataModule are chosen by ``class_path`` in the YAML, and every constructor
-argument is a config key and a command-line flag (``--model.kl_coef 0.05``). ``lit-instruct export`` turns a
+argument is a config key and a command-line flag (``--model.kl.kl_coef 0.05``). ``lit-instruct export`` turns a
 checkpoint (a ZeRO folder included) into a Hugging Face directory.
 """
 
@@ -263,6 +263,10 @@ def _main(args: list[str], argv: list[str] | None) -> None:
 
         return study_main(args[1:])
     configure_wandb_env()
+    import jsonargparse
+
+    # The documentation of dataclass fields (TinyConfig, PPO's settings groups) is the string under each field.
+    jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
     LitInstructCLI(args=argv)
 
 

@@ -1,7 +1,7 @@
 """``lit-instruct study DIR``: the alignment-tax ablation plots and table from a sweep's PPO / PPO-ptx runs.
 
 Gathers every run under ``DIR`` (the runs ``lit-instruct sweep`` recorded in ``DIR/sweep.json``, or any folder
-holding PPO exports, ``*/export/lit_instruct.json``), reads each run's effective ``kl_coef`` and ``ptx_coef`` and
+holding PPO exports, ``*/export/lit_instruct.json``), reads each run's effective ``kl.kl_coef`` and ``ptx.ptx_coef`` and
 its final held-out metrics (``val/score``, ``val/kl``, ``val/pretrain_loss``), measures the SFT starting point on
 the same held-out prompts and text once (the dashed line in every panel), and writes:
 
@@ -20,11 +20,13 @@ import yaml
 
 from lit_instruct.evaluation import HELD_OUT_METRICS as METRICS
 from lit_instruct.evaluation import measure_policy
+from lit_instruct.stages.ppo_settings import setting
 
 
 def gather(folder: Path) -> list[dict]:
     """One row per finished PPO / PPO-ptx run under ``folder``: coefficients from the export's hyperparameters
-    (what the run used, not what a file asked for), metrics from its final validation."""
+    (what the run used, not what a file asked for; grouped, or flat in exports from before the grouping), metrics
+    from its final validation."""
     rows = []
     for meta_path in sorted(folder.glob("**/export/lit_instruct.json")):
         meta = json.loads(meta_path.read_text())
@@ -35,8 +37,8 @@ def gather(folder: Path) -> list[dict]:
             continue
         run_dir = meta_path.parent.parent
         rows.append({"run": str(run_dir.relative_to(folder)), "folder": str(run_dir),
-                     "kl_coef": float(hparams["kl_coef"]), "ptx_coef": float(hparams["ptx_coef"]),
-                     "adaptive_kl": bool(hparams.get("adaptive_kl")),
+                     "kl_coef": float(setting(hparams, "kl", "kl_coef")), "ptx_coef": float(setting(hparams, "ptx", "ptx_coef")),
+                     "adaptive_kl": bool(setting(hparams, "kl", "adaptive")),
                      **{name: float(metrics[key]) for name, key in METRICS.items()},
                      "episodes": metrics.get("episodes"), "reference": meta.get("reference"),
                      "reward_model": meta.get("reward_model")})

@@ -2,7 +2,7 @@
 
 The same file works online (``wandb sweep FILE`` then ``wandb agent ID``). Offline, the ``sweeps`` package (the
 engine behind W&B's server) validates the file and proposes the grid / random / bayes runs; each run is the file's
-``command`` with ``${args}`` expanded exactly as ``wandb agent`` expands it (``--model.kl_coef=0.02``), plus an
+``command`` with ``${args}`` expanded exactly as ``wandb agent`` expands it (``--model.kl.kl_coef=0.02``), plus an
 overlay (``--config <run>/sweep_overlay.yaml``, inserted before ``${args}``) that gives the run its own folder,
 export, checkpoints, CSV log and an offline W&B run grouped under the sweep's name.
 
