@@ -2,7 +2,7 @@
 
 ``score_rollout(policy=None)`` turns the logits that ``generate`` kept into the old log-probs (no extra forward
 pass); ``score_rollout(policy=model, chunks=...)`` recomputes them with one policy pass per first-epoch minibatch,
-trimmed as the update trims it. ``PPOModule(update=PPOUpdate(rollout_logprobs="auto"))`` picks the first in ``32-true`` and the
+trimmed as the update trims it. ``PPOModule(ppo=PPOUpdate(rollout_logprobs="auto"))`` picks the first in ``32-true`` and the
 second under any other precision. This script measures both, side by side, in fp32 and ``bf16-mixed``:
 
 * accuracy: |old log-prob - the update's log-prob| per response token of the first PPO minibatch, where the

@@ -98,7 +98,7 @@ def worker_lit(folder: Path, args) -> dict:
     module = PPOModule(
         policy_name_or_path=str(folder / "policy"), reward_model_path=str(folder / "reward"),
         total_episodes=iterations * args.batch, kl=KLPenalty(kl_coef=0.02), ptx=PtxMix(ptx_coef=0.0),
-        update=PPOUpdate(ppo_epochs=args.ppo_epochs, minibatch_size=args.minibatch),
+        ppo=PPOUpdate(ppo_epochs=args.ppo_epochs, minibatch_size=args.minibatch),
         sampling=Sampling(max_new_tokens=args.response_length, temperature=1.0), missing_eos_penalty=None,
         optimizer=lambda params: torch.optim.AdamW(params, lr=3e-6, eps=1e-5), critic_lr=3e-6, warmup_steps=0,
         num_sample_prompts=0, export_dir=str(folder / f"lit-export-{os.getpid()}"),

@@ -168,7 +168,7 @@ def exports(tmp_path_factory, tokenizer):
 
 def ppo(exports, **kwargs):
     return PPOModule(policy_name_or_path=str(exports / "sft"), reward_model_path=str(exports / "rm"),
-                     sampling={"max_new_tokens": 8}, update={"minibatch_size": 2}, ptx={"examples_per_episode": 1},
+                     sampling={"max_new_tokens": 8}, ppo={"minibatch_size": 2}, ptx={"examples_per_episode": 1},
                      num_sample_prompts=0, **kwargs)
 
 

@@ -141,9 +141,9 @@ def test_every_stage_on_a_real_architecture(family, setting, small_data, tmp_pat
     if family == "gpt2" and precision == "bf16-mixed":  # the control: the sampling shortcut under bf16 is what the probe catches
         runs.append(("ppo/tiny.yaml", "ppo_sampling", "sampling"))
     for config, name, logprobs in runs:
-        ppo = cli(config, *common, "--model.update.rollout_logprobs", logprobs, "--model.policy_name_or_path", str(tmp_path / "sft"),
+        ppo = cli(config, *common, "--model.ppo.rollout_logprobs", logprobs, "--model.policy_name_or_path", str(tmp_path / "sft"),
                   "--model.reward_model_path", str(tmp_path / "rm"), "--model.export_dir", str(tmp_path / name),
-                  "--model.total_episodes", "8", "--model.update.minibatch_size", "2", "--model.sampling.max_new_tokens", "6",
+                  "--model.total_episodes", "8", "--model.ppo.minibatch_size", "2", "--model.sampling.max_new_tokens", "6",
                   "--model.ptx.examples_per_episode", "1", "--model.gradient_checkpointing", "true",
                   "--model.num_sample_prompts", "1", "--model.warmup_steps", "0",
                   "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",

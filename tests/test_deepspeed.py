@@ -89,7 +89,7 @@ def test_ppo_ptx_trains_and_resumes_under_zero(zero_runs, zero_reward_runs, tmp_
         "--model.policy_name_or_path", str(zero_runs[stage] / "export"),
         "--model.reward_model_path", str(zero_reward_runs[stage] / "export"),
         "--model.kl.adaptive", "true", "--model.kl.target", "0.01", "--model.kl.horizon", "100",
-        "--data.rollout_batch_size", "4", "--model.update.minibatch_size", "4", "--model.sampling.max_new_tokens", "8",
+        "--data.rollout_batch_size", "4", "--model.ppo.minibatch_size", "4", "--model.sampling.max_new_tokens", "8",
         "--data.max_val_prompts", "4", "--data.val_batch_size", "4", "--model.ptx.examples_per_episode", "2",
         "--trainer.val_check_interval", "2", "--trainer.logger", "false",
         "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint", "--trainer.callbacks.dirpath", str(tmp_path / "ck"),

@@ -41,7 +41,7 @@ def exports(tmp_path_factory, tokenizer):
 def make(exports, **kwargs):
     """A small PPOModule; a settings group given as a dict is merged into this one's (``ptx={"ptx_coef": 0.0}``)."""
     args = dict(policy_name_or_path=str(exports / "sft"), reward_model_path=str(exports / "rm"),
-                sampling={"max_new_tokens": 8}, update={"minibatch_size": 4}, ptx={"examples_per_episode": 1},
+                sampling={"max_new_tokens": 8}, ppo={"minibatch_size": 4}, ptx={"examples_per_episode": 1},
                 num_sample_prompts=2, warmup_steps=0, optimizer=lambda p: torch.optim.Adam(p, lr=1e-3, eps=1e-5))
     for key, value in kwargs.items():
         args[key] = {**args[key], **value} if isinstance(args.get(key), dict) and isinstance(value, dict) else value
@@ -126,7 +126,7 @@ class TokenShareReward(torch.nn.Module):
 def test_score_rises_and_kl_grows_with_an_easy_reward(exports, tmp_path):
     torch.manual_seed(0)
     module = make(exports, ptx={"ptx_coef": 0.0}, missing_eos_penalty=None, kl={"kl_coef": 0.01},
-                  update={"minibatch_size": 8, "ppo_epochs": 2}, optimizer=lambda p: torch.optim.Adam(p, lr=3e-3, eps=1e-5))
+                  ppo={"minibatch_size": 8, "ppo_epochs": 2}, optimizer=lambda p: torch.optim.Adam(p, lr=3e-3, eps=1e-5))
     dm = data(rollout_batch_size=16)
     dm.tokenizer = module.tokenizer
     dm.prepare()
@@ -223,9 +223,9 @@ def test_gradient_checkpointing_of_policy_and_critic(exports, tmp_path):
 
 
 def test_settings_groups_take_dataclasses_or_dicts(exports):
-    module = make(exports, sampling=Sampling(max_new_tokens=5, temperature=0.7), update=PPOUpdate(minibatch_size=2),
+    module = make(exports, sampling=Sampling(max_new_tokens=5, temperature=0.7), ppo=PPOUpdate(minibatch_size=2),
                   kl={"kl_coef": 0.3}, ptx=PtxMix(ptx_coef=0.0))
-    assert module.sampling == Sampling(max_new_tokens=5, temperature=0.7) and module.update.minibatch_size == 2
+    assert module.sampling == Sampling(max_new_tokens=5, temperature=0.7) and module.ppo.minibatch_size == 2
     assert module.kl == KLPenalty(kl_coef=0.3) and module.kl_controller.value == 0.3
     assert module.max_new_tokens == 5 and not module.uses_ptx
     assert make(exports, ptx={"examples_per_episode": 0}).uses_ptx is False and make(exports).uses_ptx
@@ -245,7 +245,7 @@ def test_flat_hparams_of_an_old_checkpoint_map_onto_the_groups():
     assert grouped["kl"] == {"kl_coef": 0.07, "adaptive": True, "target": 3.0, "horizon": 500}
     assert grouped["ptx"] == {"ptx_coef": 2.5, "examples_per_episode": 3}
     assert grouped["sampling"] == {"temperature": 0.8, "top_k": 5, "top_p": 0.9, "max_new_tokens": 8, "val_max_new_tokens": 12}
-    assert PPOUpdate(**grouped["update"]) == PPOUpdate(ppo_epochs=2, minibatch_size=4, clip_range=0.3, value_clip_range=0.25,
+    assert PPOUpdate(**grouped["ppo"]) == PPOUpdate(ppo_epochs=2, minibatch_size=4, clip_range=0.3, value_clip_range=0.25,
                                                         vf_coef=0.2, discount=0.99, gae_lambda=0.9, whiten_advantages=False,
                                                         max_grad_norm=0.5, rollout_logprobs="recompute")
     assert grouped["num_sample_prompts"] == 0 and grouped["_class_path"] == "lit_instruct.ppo_ptx.PPOPtxModule"
@@ -268,7 +268,7 @@ def test_a_checkpoint_of_the_flat_argument_module_still_exports(exports, tmp_pat
     meta = read_metadata(tmp_path / "export")
     assert meta["hparams"]["kl"] == {"kl_coef": 0.07, "adaptive": True, "target": 3.0, "horizon": 500}
     assert meta["hparams"]["ptx"] == {"ptx_coef": 2.5, "examples_per_episode": 3}
-    assert meta["hparams"]["sampling"]["max_new_tokens"] == 8 and meta["hparams"]["update"]["minibatch_size"] == 4
+    assert meta["hparams"]["sampling"]["max_new_tokens"] == 8 and meta["hparams"]["ppo"]["minibatch_size"] == 4
     assert meta["episodes"] == 40 and meta["kl_coef_final"] == 0.05
     from safetensors.torch import load_file
 
@@ -284,6 +284,6 @@ def test_settings_groups_load_with_weights_only(exports, tmp_path):
 
     module = make(exports, kl=KLPenalty(kl_coef=0.04), sampling=Sampling(max_new_tokens=6))
     assert module.hparams["kl"] == vars(KLPenalty(kl_coef=0.04)) and module.hparams["sampling"]["max_new_tokens"] == 6
-    groups = {"sampling": Sampling(max_new_tokens=6), "update": PPOUpdate(), "kl": KLPenalty(kl_coef=0.04), "ptx": PtxMix()}
+    groups = {"sampling": Sampling(max_new_tokens=6), "ppo": PPOUpdate(), "kl": KLPenalty(kl_coef=0.04), "ptx": PtxMix()}
     torch.save({"hyper_parameters": groups, "state_dict": {}}, tmp_path / "groups.ckpt")
     assert safe_load(tmp_path / "groups.ckpt")["hyper_parameters"] == groups

@@ -114,7 +114,7 @@ def reward_data(files, **kwargs):
 
 def ppo(policy, rm, tmp_path, **kwargs):
     args = dict(policy_name_or_path=str(policy), reward_model_path=str(rm), sampling={"max_new_tokens": 8},
-                update={"minibatch_size": 4}, ptx={"examples_per_episode": 1}, num_sample_prompts=0, warmup_steps=0,
+                ppo={"minibatch_size": 4}, ptx={"examples_per_episode": 1}, num_sample_prompts=0, warmup_steps=0,
                 export_dir=str(tmp_path / "ppo_export"),
                 optimizer=lambda p: torch.optim.Adam(p, lr=1e-3, eps=1e-5))
     return PPOModule(**{**args, **kwargs})

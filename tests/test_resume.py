@@ -38,7 +38,7 @@ def ppo(exports, root, *flags):
 def ppo_flags(exports, root, *flags):
     return ( "--config", str(CONFIGS / "ppo/tiny.yaml"),
                    "--model.policy_name_or_path", str(exports / "sft"), "--model.reward_model_path", str(exports / "rm"),
-                   "--model.sampling.max_new_tokens", "6", "--model.update.minibatch_size", "2",
+                   "--model.sampling.max_new_tokens", "6", "--model.ppo.minibatch_size", "2",
                    "--model.ptx.examples_per_episode", "1",
                    "--model.num_sample_prompts", "0", "--model.warmup_steps", "0",
                    "--data.rollout_batch_size", "4", "--data.max_prompt_tokens", "48", "--data.ptx_block_size", "32",

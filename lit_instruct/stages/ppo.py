@@ -75,7 +75,7 @@ class PPOModule(Stage):
         total_episodes: Stop after this many episodes (rollouts of one prompt), counted across processes and
             across resumes (the paper: 256k). ``None``: the trainer's own limits decide.
         sampling: How responses are sampled (:class:`Sampling`).
-        update: The PPO update (:class:`PPOUpdate`).
+        ppo: The PPO update (:class:`PPOUpdate`).
         kl: The KL penalty to the SFT model (:class:`KLPenalty`).
         ptx: The pretraining mix (:class:`PtxMix`); ``ptx_coef`` 0 is plain PPO.
         missing_eos_penalty: Score given to responses that never emit EOS (``None``: keep the reward model's).
@@ -110,7 +110,7 @@ class PPOModule(Stage):
         critic_name_or_path: Optional[str] = None,
         total_episodes: Optional[int] = None,
         sampling: Sampling = Sampling(),
-        update: PPOUpdate = PPOUpdate(),
+        ppo: PPOUpdate = PPOUpdate(),
         kl: KLPenalty = KLPenalty(),
         ptx: PtxMix = PtxMix(),
         missing_eos_penalty: Optional[float] = -1.0,
@@ -131,9 +131,9 @@ class PPOModule(Stage):
         val_seed: int = 1234,
     ) -> None:
         super().__init__()
-        groups = as_group(sampling, Sampling), as_group(update, PPOUpdate), as_group(kl, KLPenalty), as_group(ptx, PtxMix)
-        self.sampling, self.update, self.kl, self.ptx = groups
-        sampling, update, kl, ptx = (dict(vars(g)) for g in groups)  # saved as plain dicts, as a config gives them
+        groups = as_group(sampling, Sampling), as_group(ppo, PPOUpdate), as_group(kl, KLPenalty), as_group(ptx, PtxMix)
+        self.sampling, self.ppo, self.kl, self.ptx = groups
+        sampling, ppo, kl, ptx = (dict(vars(g)) for g in groups)  # saved as plain dicts, as a config gives them
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.optimizer_factory = optimizer
@@ -198,10 +198,10 @@ class PPOModule(Stage):
         strategy = self.trainer.strategy
         if self._deepspeed:
             # Lightning refuses gradient_clip_val with manual optimisation; DeepSpeed clips from its own config.
-            if self.update.max_grad_norm:
-                strategy.config.setdefault("gradient_clipping", self.update.max_grad_norm)
+            if self.ppo.max_grad_norm:
+                strategy.config.setdefault("gradient_clipping", self.ppo.max_grad_norm)
             # The prompt stream has no batch sampler to read a micro-batch size from: one update is one minibatch.
-            strategy.config.setdefault("train_micro_batch_size_per_gpu", self.update.minibatch_size)
+            strategy.config.setdefault("train_micro_batch_size_per_gpu", self.ppo.minibatch_size)
         if self.ema is not None and is_zero3(strategy):
             raise ValueError("ema_decay is not supported under ZeRO-3 (the policy's weights are sharded)")
 
@@ -221,7 +221,7 @@ class PPOModule(Stage):
             reward_model=self.reward_model, critic=self.critic if values else None, tokenizer=self.tokenizer,
             max_new_tokens=max_new_tokens, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
             missing_eos_penalty=self.hparams.missing_eos_penalty, do_sample=do_sample,
-            recompute_logprobs=needs_logprob_pass(self.update.rollout_logprobs, str(trainer.precision) if trainer else "32-true"),
+            recompute_logprobs=needs_logprob_pass(self.ppo.rollout_logprobs, str(trainer.precision) if trainer else "32-true"),
             synced_gpus=synced_generation(trainer.strategy if trainer is not None else None),
             chunks=chunks, device=self.device,
         )
@@ -247,9 +247,9 @@ class PPOModule(Stage):
         4. update: PPO epochs over minibatches, each loss adding ``ptx.ptx_coef`` times a pretraining LM loss;
         5. adapt ``kl_coef`` (when adaptive), count the episodes, log."""
         start = time.perf_counter()
-        first_epoch = torch.randperm(len(prompts)).split(self.update.minibatch_size)  # scored in these, updated in them first
+        first_epoch = torch.randperm(len(prompts)).split(self.ppo.minibatch_size)  # scored in these, updated in them first
         rollout = self.rollout(prompts, self.sampling.max_new_tokens, chunks=list(first_epoch))  # 1
-        mask, u = rollout.response_mask.float(), self.update
+        mask, u = rollout.response_mask.float(), self.ppo
         rewards, kl = kl_penalized_rewards(rollout.logprobs, rollout.ref_logprobs, rollout.scores, mask, self.kl_controller.value)  # 2
         advantages, returns = gae(rewards, rollout.values, mask, u.discount, u.gae_lambda)  # 3
         if u.whiten_advantages:
@@ -288,7 +288,7 @@ class PPOModule(Stage):
         The first epoch's minibatches are ``first_epoch`` (those the rollout was scored in); later epochs reshuffle.
         Also returns the first minibatch's ``policy/first_minibatch_approxkl`` and ``policy/first_minibatch_ratio_error``
         (max |ratio - 1|): before any update both are 0 up to float error when the old log-probs are right."""
-        u = self.update
+        u = self.ppo
         optimizer = self.optimizers()
         sums: dict[str, torch.Tensor] = {}
         n = rollout.response.shape[0]

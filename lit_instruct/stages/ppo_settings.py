@@ -1,4 +1,4 @@
-"""The PPO stage's settings in four groups: ``model.sampling``, ``model.update``, ``model.kl`` and ``model.ptx``.
+"""The PPO stage's settings in four groups: ``model.sampling``, ``model.ppo``, ``model.kl`` and ``model.ptx``.
 
 Each group is a dataclass whose fields carry their documentation (shown by ``lit-instruct fit --help``) and the
 defaults of InstructGPT's PPO-ptx where the paper gives one. The paper's two coefficients keep unambiguous names:
@@ -83,12 +83,12 @@ class PtxMix:
 
 
 #: The groups, by the name of the ``PPOModule`` argument that holds each.
-GROUPS: dict[str, type] = {"sampling": Sampling, "update": PPOUpdate, "kl": KLPenalty, "ptx": PtxMix}
+GROUPS: dict[str, type] = {"sampling": Sampling, "ppo": PPOUpdate, "kl": KLPenalty, "ptx": PtxMix}
 
 #: Flat hyper-parameter names of checkpoints and exports from before the grouping -> (group, field).
 FLAT_NAMES: dict[str, tuple[str, str]] = {
     **{f.name: ("sampling", f.name) for f in fields(Sampling)},
-    **{f.name: ("update", f.name) for f in fields(PPOUpdate)},
+    **{f.name: ("ppo", f.name) for f in fields(PPOUpdate)},
     "kl_coef": ("kl", "kl_coef"),
     "adaptive_kl": ("kl", "adaptive"),
     "kl_target": ("kl", "target"),
