@@ -1,5 +1,6 @@
 """Pretrain stage: packing, the held-out split, and a CLI run that exports."""
 
+import yaml
 from conftest import CONFIGS, run_cli, tiny_overrides
 
 from lit_instruct.data.pretraining import pack_documents, pretrain_split
@@ -34,3 +35,6 @@ def test_cli_pretrain_stage_trains_and_exports_with_wandb_offline(tmp_path):
     assert "logging offline" in done.stderr + done.stdout
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+    # the config names no W&B run: the CLI names it after the run folder and tags it with the stage
+    logger = yaml.safe_load((tmp_path / "config.yaml").read_text())["trainer"]["logger"]["init_args"]
+    assert logger["name"] == tmp_path.name and logger["tags"][0] == "pretrain"

@@ -1,9 +1,9 @@
 """The ``lit-instruct`` command.
 
-``lit-instruct fit|validate|test --config FILE [--config FILE ...]`` is LightningCLI: the stage's
-LightningModule and LightningDataModule are chosen by ``class_path`` in the YAML, and every constructor
-argument is a config key and a command-line flag (``--model.kl.kl_coef 0.05``). ``lit-instruct export`` turns a
-checkpoint (a ZeRO folder included) into a Hugging Face directory.
+``lit-instruct fit|validate --config FILE [--config FILE ...]`` is LightningCLI: the stage's LightningModule and
+LightningDataModule are chosen by ``class_path`` in the YAML, and every constructor argument is a config key and a
+command-line flag (``--model.kl.kl_coef 0.05``). A config may compose shared fragments (``compose:``, read by
+:mod:`lit_instruct.tools.configs`). ``export``, ``pipeline``, ``sweep`` and ``study`` are the tools around the stages.
 """
 
 from __future__ import annotations
@@ -15,34 +15,40 @@ import sys
 from pathlib import Path
 
 import lightning as L
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
 from lit_instruct.loggers import configure_wandb_env
+from lit_instruct.tools.configs import expand_config_args
+from lit_instruct.utils import import_object
 
 TOOLS = {
     "export": "convert a checkpoint (file or DeepSpeed ZeRO folder) into a Hugging Face export",
-    "pipeline": "base -> SFT -> reward model -> PPO-ptx and a plain-PPO control, with a report",
+    "pipeline": "pretrain -> SFT -> reward model -> PPO-ptx and a plain-PPO control, with a report",
     "sweep": "run a W&B sweep file offline with W&B's own sweep engine",
     "study": "the alignment-tax plots and table from a sweep's runs",
 }
 
 
+#: The Trainer entry points the stages implement (none has a test or predict step).
 LIGHTNING_SUBCOMMANDS = {
     "fit": "train a stage (--config configs/<stage>/<size>.yaml)",
     "validate": "the validation metrics of a stage's config or checkpoint",
-    "test": "the test metrics of a stage's config or checkpoint",
-    "predict": "Lightning's predict loop",
 }
 CHECKPOINT_CALLBACK = "lightning.pytorch.callbacks.ModelCheckpoint"
 
 
 class LitInstructCLI(LightningCLI):
-    """LightningCLI with any LightningModule / LightningDataModule selectable by ``class_path``, and three rules of
-    its own:
+    """LightningCLI with any LightningModule / LightningDataModule selectable by ``class_path``, ``fit`` and
+    ``validate`` only, and rules of its own:
 
+    - **Configs compose.** A ``--config`` file with ``compose:`` is read with its fragments by
+      :func:`~lit_instruct.tools.configs.load_config`, the loader the pipeline and the study use too.
     - **Run folders follow ``trainer.default_root_dir``.** A ``ModelCheckpoint`` without a ``dirpath`` writes to
       ``<default_root_dir>/checkpoints``, a logger without a ``save_dir`` to ``<default_root_dir>``, and the export
-      (``model.export_dir`` unset) to ``<default_root_dir>/export``.
+      (``model.export_dir`` unset) to ``<default_root_dir>/export``. A W&B run without a name is named after the
+      folder, and one without tags is tagged with the stage and the rest of that name (``runs/sft-tiny``:
+      ``sft-tiny``, tags ``sft``, ``tiny``).
     - **One run per folder.** ``fit`` into a folder whose checkpoints folder already holds checkpoints stops with a
       message, unless it resumes one (``--ckpt_path``) or is told to start over (``--overwrite true``: the earlier
       checkpoints are deleted). Lightning would otherwise write ``last-v1.ckpt`` beside the first run's.
@@ -52,15 +58,30 @@ class LitInstructCLI(LightningCLI):
     """
 
     def __init__(self, *args, **kwargs) -> None:
+        import jsonargparse
+
+        # The documentation of dataclass fields (TinyConfig, PPO's settings groups) is the string under each field.
+        jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf"} if _has_omegaconf() else {})
         super().__init__(L.LightningModule, L.LightningDataModule, *args, **kwargs)
 
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {name: keys for name, keys in LightningCLI.subcommands().items() if name in LIGHTNING_SUBCOMMANDS}
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--overwrite", type=bool, default=False,
                             help="fit into a run folder that holds an earlier run's checkpoints: delete them first")
+
+    def parse_arguments(self, parser, args) -> None:
+        """Parse the command line (``sys.argv`` when ``args`` is None) with composed configs resolved first."""
+        if isinstance(args, (dict, Namespace)):
+            self.config = parser.parse_object(args)
+        else:
+            self.config = parser.parse_args(expand_config_args(list(sys.argv[1:] if args is None else args)))
 
     # ------------------------------------------------------------------ resume: the user's settings win
     def _parse_ckpt_path(self) -> None:
@@ -105,6 +126,12 @@ class LitInstructCLI(LightningCLI):
             init_args = getattr(logger, "init_args", None)
             if init_args is not None and "save_dir" in init_args and init_args.get("save_dir") in (None, "", "."):
                 init_args.save_dir = str(root)
+            if init_args is not None and (_class_path(logger) or "").endswith(".WandbLogger") and trainer.get("default_root_dir"):
+                name, tags = wandb_name_and_tags(root, _stage_name(config.get("model")))
+                if init_args.get("name") is None:
+                    init_args.name = name
+                if init_args.get("tags") is None:
+                    init_args.tags = tags
         if subcommand == "fit" and trainer.get("enable_checkpointing", True) is not False:
             self._one_run_per_folder(checkpoint_dirs, config)
 
@@ -140,6 +167,22 @@ def _root_cause(error: BaseException) -> BaseException:
         cause = inner
         if not type(cause).__module__.startswith("jsonargparse") and "validate against" not in str(cause):
             return cause
+
+
+def wandb_name_and_tags(root: str | Path, stage: str | None) -> tuple[str, list[str]]:
+    """A run folder's W&B name and tags: ``runs/sft-tiny`` of stage ``sft`` is ``sft-tiny``, tagged ``sft``, ``tiny``."""
+    name = Path(root).name
+    rest = name.removeprefix(f"{stage}-") if stage else name
+    return name, list(dict.fromkeys(tag for tag in (stage, rest) if tag))
+
+
+def _stage_name(model) -> str | None:
+    """The ``stage`` of the config's LightningModule class (``sft``, ``ppo``...), or None for another class."""
+    try:
+        stage = getattr(import_object(_class_path(model) or ""), "stage", None)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    return stage if isinstance(stage, str) else None
 
 
 class RunFolderError(ValueError):
@@ -200,8 +243,6 @@ def _has_omegaconf() -> bool:
 def export_main(argv: list[str]) -> None:
     """``lit-instruct export CHECKPOINT --out DIR``. A damaged, unsafe or foreign checkpoint, or an ``--out`` that
     is not an earlier export, ends with one line on stderr and exit status 1 (``LIT_INSTRUCT_DEBUG=1``: traceback)."""
-    import os
-
     from lit_instruct.models.export import ExportError
     from lit_instruct.tools.checkpoints import CheckpointError, export_checkpoint
 
@@ -234,40 +275,35 @@ def main(argv: list[str] | None = None) -> None:
     if not args or args[0] in ("-h", "--help"):
         return print_help()
     if os.environ.get("LIT_INSTRUCT_DEBUG"):
-        return _main(args, argv)
+        return _main(args)
     from lit_instruct.data.records import DataError
 
     try:
-        return _main(args, argv)
+        return _main(args)
     except (DataError, RunFolderError, FileNotFoundError, ValueError, OSError) as error:
         # Bad data, configs, paths or checkpoints: the message says what and where; the traceback only hides it.
         print(f"lit-instruct: error: {error}\n(set LIT_INSTRUCT_DEBUG=1 for the traceback)", file=sys.stderr)
         raise SystemExit(2) from None
 
 
-def _main(args: list[str], argv: list[str] | None) -> None:
-    if args and args[0] == "export":
-        return export_main(args[1:])
-    if args and args[0] == "pipeline":
-        from lit_instruct.tools.pipeline import main as pipeline_main
-
-        configure_wandb_env()
-        return pipeline_main(args[1:])
-    if args and args[0] == "sweep":
-        from lit_instruct.tools.sweep import main as sweep_main
-
-        configure_wandb_env()
-        return sweep_main(args[1:])
-    if args and args[0] == "study":
+def _main(args: list[str]) -> None:
+    command, rest = args[0], args[1:]
+    if command == "export":
+        return export_main(rest)
+    if command == "study":  # reads finished runs: no W&B
         from lit_instruct.tools.study import main as study_main
 
-        return study_main(args[1:])
+        return study_main(rest)
     configure_wandb_env()
-    import jsonargparse
+    if command == "pipeline":
+        from lit_instruct.tools.pipeline import main as pipeline_main
 
-    # The documentation of dataclass fields (TinyConfig, PPO's settings groups) is the string under each field.
-    jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    LitInstructCLI(args=argv)
+        return pipeline_main(rest)
+    if command == "sweep":
+        from lit_instruct.tools.sweep import main as sweep_main
+
+        return sweep_main(rest)
+    LitInstructCLI(args=args)
 
 
 if __name__ == "__main__":

@@ -2,15 +2,15 @@
 
 Each stage runs as its own ``lit-instruct fit`` process with its config and an overlay the pipeline writes (run
 folder, export paths, the previous stages' exports, a CSV logger beside W&B). A stage whose export exists and
-whose fingerprint (its config files, its overlay, and its inputs' fingerprints) is unchanged is reused; ``--force``
-redoes every stage. Then the SFT policy, the PPO control and the PPO-ptx policy are measured on the same held-out
-prompts and held-out pretraining text, and ``report.json`` / ``report.md`` (with PNG plots) are written.
+whose fingerprint (its resolved config, its overlay, and its inputs' fingerprints) is unchanged is reused;
+``--force`` redoes every stage. Then the SFT policy, the PPO control and the PPO-ptx policy are measured on the
+same held-out prompts and held-out pretraining text, and ``report.json`` / ``report.md`` (with PNG plots) are
+written (:mod:`lit_instruct.tools.report`).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import subprocess
@@ -21,8 +21,11 @@ from pathlib import Path
 
 import yaml
 
+from lit_instruct.tools.configs import load_config, merge, run_overlay
+from lit_instruct.evaluation import measure_policy
+from lit_instruct.tools.report import POLICIES, pipeline_report
+
 STAGES = ("pretrain", "sft", "reward", "ppo", "ppo_ptx")
-POLICIES = ("sft", "ppo", "ppo_ptx")
 
 #: Overrides that shrink every stage to a few steps (``--smoke``): for tests and a quick look.
 SMOKE = {
@@ -65,21 +68,15 @@ class PipelineConfig:
             raise ValueError(f"{path}: unknown pipeline keys {sorted(unknown)} (known: {sorted(cls.__dataclass_fields__)})")
         config = cls(**data)
         for stage in STAGES:
-            for file in config.files(stage):
-                if not Path(file).is_file():
-                    raise FileNotFoundError(f"{path}: stage {stage!r} names {file}, which does not exist")
+            try:
+                load_config(*config.files(stage))  # each file, and every fragment it composes, exists and reads
+            except FileNotFoundError as error:
+                raise FileNotFoundError(f"{path}: stage {stage!r}: {error}") from None
         return config
 
     def files(self, stage: str) -> list[str]:
         value = getattr(self, stage)
         return [] if value is None else [value] if isinstance(value, str) else list(value)
-
-
-def merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def fingerprint(*parts) -> str:
@@ -99,9 +96,10 @@ class Pipeline:
         return self.out / stage / "export"
 
     def overlay(self, stage: str) -> dict:
-        """The settings the pipeline lays over a stage's own config."""
-        folder = self.out / stage
-        model_args: dict = {"export_dir": str(self.export(stage))}
+        """The settings the pipeline lays over a stage's own config: its folder (which the pipeline owns: a stage it
+        redoes starts over there) and the previous stages' exports."""
+        overlay = run_overlay(self.out / stage, name=f"pipeline-{stage}")
+        model_args = overlay["model"]["init_args"]
         if stage == "sft" and self.config.pretrain:
             model_args["model_name_or_path"] = str(self.export("pretrain"))
         if stage == "reward":
@@ -109,21 +107,6 @@ class Pipeline:
         if stage in ("ppo", "ppo_ptx"):
             model_args["policy_name_or_path"] = str(self.export("sft"))
             model_args["reward_model_path"] = str(self.export("reward"))
-        overlay = {
-            # The pipeline owns the stage folder: a stage it redoes (changed inputs, --force) starts over there.
-            "overwrite": True,
-            "trainer": {
-                "default_root_dir": str(folder),
-                "logger": [
-                    {"class_path": "lightning.pytorch.loggers.WandbLogger",
-                     "init_args": {"project": "lit-instruct", "name": f"pipeline-{stage}", "save_dir": str(folder)}},
-                    {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(folder), "name": "csv"}},
-                ],
-                "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                               "init_args": {"dirpath": str(folder / "checkpoints"), "save_last": True}}],
-            },
-            "model": {"init_args": model_args},
-        }
         selector = self.selection_reward_model()
         if stage == "sft" and selector:
             overlay["trainer"]["callbacks"].append({"class_path": "lit_instruct.callbacks.RewardModelSelection",
@@ -149,8 +132,7 @@ class Pipeline:
         files = self.config.files(stage)
         folder = self.out / stage
         overlay = self.overlay(stage)
-        contents = [Path(f).read_text() for f in files]
-        fp = fingerprint(stage, contents, overlay, [self.fingerprints[i] for i in self.inputs(stage)])
+        fp = fingerprint(stage, load_config(*files), overlay, [self.fingerprints[i] for i in self.inputs(stage)])
         self.fingerprints[stage] = fp
         stamp = folder / "pipeline_stage.json"
         if not self.force and self.export(stage).is_dir() and stamp.is_file() and json.loads(stamp.read_text()).get("fingerprint") == fp:
@@ -173,14 +155,9 @@ class Pipeline:
         stamp.write_text(json.dumps({"fingerprint": fp, "seconds": seconds, "configs": files}, indent=2) + "\n")
         print(f"[pipeline] {stage}: done in {seconds:.0f} s", flush=True)
 
-    # ------------------------------------------------------------------ evaluation and report
     def evaluate(self) -> dict:
         """Score the SFT, PPO and PPO-ptx policies on the same held-out prompts and pretraining text."""
-        from lit_instruct.evaluation import measure_policy
-
-        ppo_config = {}
-        for file in self.config.files("ppo_ptx"):
-            ppo_config = merge(ppo_config, yaml.safe_load(Path(file).read_text()))
+        ppo_config = load_config(*self.config.files("ppo_ptx"))
         model_args = dict(ppo_config["model"].get("init_args", {}))
         data_args = merge(dict(ppo_config["data"].get("init_args", {})), self.overlay("ppo_ptx").get("data", {}).get("init_args", {}))
         data_args["max_val_prompts"] = min(data_args.get("max_val_prompts", 64), self.config.eval_prompts) if not self.smoke else 4
@@ -192,76 +169,6 @@ class Pipeline:
         results["reward"] = {"accuracy": reward.get("val/accuracy"), "length_baseline_accuracy": reward.get("val/length_baseline_accuracy")}
         return results
 
-    def curves(self, stage: str) -> list[dict]:
-        """Per-iteration training metrics and per-validation metrics from a PPO stage's CSV log."""
-        files = sorted((self.out / stage / "csv").glob("version_*/metrics.csv"))
-        if not files:
-            return []
-        with files[-1].open() as f:
-            return list(csv.DictReader(f))
-
-    def plots(self, results: dict) -> list[str]:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        names = []
-        logs = {stage: self.curves(stage) for stage in ("ppo", "ppo_ptx")}
-        fig, ax = plt.subplots(figsize=(5, 4))
-        for stage, label in (("ppo", "PPO"), ("ppo_ptx", "PPO-ptx")):
-            rows = [r for r in logs[stage] if r.get("objective/kl") and r.get("objective/score")]
-            ax.plot([float(r["objective/kl"]) for r in rows], [float(r["objective/score"]) for r in rows], ".-", label=label, alpha=0.7)
-        ax.plot([0.0], [results["sft"]["score"]], "k*", markersize=12, label="SFT (held-out)")
-        ax.set_xlabel("KL to SFT (nats per response)")
-        ax.set_ylabel("RM score (training rollouts)")
-        ax.set_title("Score vs KL during training")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(self.out / "score_vs_kl.png", dpi=100)
-        names.append("score_vs_kl.png")
-        plt.close(fig)
-        fig, ax = plt.subplots(figsize=(5, 4))
-        for stage, label in (("ppo", "PPO"), ("ppo_ptx", "PPO-ptx")):
-            rows = [r for r in logs[stage] if r.get("val/pretrain_loss")]
-            steps = {r["step"]: float(r["episodes"]) for r in logs[stage] if r.get("episodes")}
-            ax.plot([steps.get(r["step"], float(r["step"])) for r in rows], [float(r["val/pretrain_loss"]) for r in rows], "o-", label=label)
-        ax.axhline(results["sft"]["pretrain_loss"], color="k", linestyle="--", label="SFT")
-        ax.set_xlabel("episodes")
-        ax.set_ylabel("held-out pretraining LM loss")
-        ax.set_title("Alignment tax during training")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(self.out / "pretrain_loss.png", dpi=100)
-        names.append("pretrain_loss.png")
-        plt.close(fig)
-        return names
-
-    def report(self, results: dict, total_seconds: float) -> None:
-        summary = {name: {k: results[name][k] for k in ("score", "kl", "pretrain_loss", "response_length")} for name in POLICIES}
-        summary["reward"] = results["reward"]
-        summary["timing"] = {"stages_seconds": self.timings, "total_seconds": total_seconds}
-        (self.out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
-        images = self.plots(results)
-        lines = ["# lit-instruct pipeline report", "",
-                 f"Run folder `{self.out}`. Stage wall times (from the run that trained each): "
-                 + ", ".join(f"{k} {v:.0f} s" for k, v in self.timings.items())
-                 + f" ({sum(self.timings.values()):.0f} s in all); this invocation took {total_seconds:.0f} s.", "",
-                 "Held-out prompts and held-out pretraining text, the same for every policy; KL is to the SFT model, "
-                 "in nats per response.", "",
-                 "| policy | RM score | KL | pretraining loss | response length |", "|---|---|---|---|---|"]
-        for name, label in (("sft", "SFT"), ("ppo", "PPO (ptx_coef 0)"), ("ppo_ptx", "PPO-ptx")):
-            r = results[name]
-            lines.append(f"| {label} | {r['score']:.3f} | {r['kl'] + 0.0:.2f} | {r['pretrain_loss']:.3f} | {r['response_length']:.1f} |")
-        acc, base = results["reward"]["accuracy"], results["reward"]["length_baseline_accuracy"]
-        lines += ["", f"Reward model held-out pairwise accuracy: {acc:.3f}" + (f" (longer-wins baseline on the same pairs: {base:.3f})" if base is not None else ""), ""]
-        lines += [f"![{img}]({img})" for img in images]
-        lines += ["", "## Samples (held-out prompts)", "", "| prompt | SFT | PPO-ptx |", "|---|---|---|"]
-        cell = lambda text: str(text).replace("\n", " ").replace("|", "\\|")[:300]  # noqa: E731
-        for a, b in zip(results["sft"]["samples"], results["ppo_ptx"]["samples"]):
-            lines.append(f"| {cell(a['prompt'])} | {cell(a['response'])} ({a['score']:.2f}) | {cell(b['response'])} ({b['score']:.2f}) |")
-        (self.out / "report.md").write_text("\n".join(lines) + "\n")
-
     def run(self) -> dict:
         start = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
@@ -271,7 +178,7 @@ class Pipeline:
             self.run_stage(stage)
         print("[pipeline] evaluating SFT, PPO and PPO-ptx on held-out prompts and pretraining text", flush=True)
         results = self.evaluate()
-        self.report(results, time.perf_counter() - start)
+        pipeline_report(self.out, results, self.timings, time.perf_counter() - start)
         print(f"[pipeline] wrote {self.out / 'report.json'} and {self.out / 'report.md'}", flush=True)
         return results
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from lit_instruct.tools.configs import run_overlay
+
 ARGS_MACRO = "${args}"
 
 
@@ -141,25 +143,6 @@ def run_name(index: int, params: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", f"{index:02d}-" + ",".join(parts))[:120]
 
 
-def overlay_for(run_dir: Path, name: str, sweep_name: str, project: str) -> dict:
-    """Per-run outputs: folder, export, checkpoints, CSV log, and an offline W&B run grouped by sweep."""
-    return {
-        "overwrite": True,  # the sweep owns the run folder: a run it starts again starts over
-        "trainer": {
-            "default_root_dir": str(run_dir),
-            "logger": [
-                {"class_path": "lightning.pytorch.loggers.WandbLogger",
-                 "init_args": {"project": project, "name": name, "group": sweep_name, "job_type": "sweep",
-                               "save_dir": str(run_dir), "tags": ["sweep", sweep_name]}},
-                {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run_dir), "name": "csv"}},
-            ],
-            "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                           "init_args": {"dirpath": str(run_dir / "checkpoints"), "save_last": True}}],
-        },
-        "model": {"init_args": {"export_dir": str(run_dir / "export")}},
-    }
-
-
 def final_metrics(run_dir: Path) -> dict[str, float]:
     meta = run_dir / "export" / "lit_instruct.json"
     if not meta.is_file():
@@ -214,7 +197,7 @@ class Sweep:
             return
         done = subprocess.run([*argv, "--print_config"], capture_output=True, text=True)
         if done.returncode != 0:
-            error = "\n".join(line for line in done.stderr.strip().splitlines()[-8:])
+            error = "\n".join(done.stderr.strip().splitlines()[-8:])
             named = [key for key in params if re.search(rf"\b{re.escape(key.split('.')[-1])}\b", error)]
             where = ["parameters", named[0]] if named else ["parameters"]
             raise SweepFileError(f"{self.file}:{_node_line(yaml.compose(self.file.read_text()), where)}: "
@@ -245,7 +228,8 @@ class Sweep:
                     self.runs.append({"name": name, "params": params, "state": "proposed", "command": argv})
                     continue
                 run_dir.mkdir(parents=True, exist_ok=True)
-                overlay.write_text(yaml.safe_dump(overlay_for(run_dir, name, self.name, self.project), sort_keys=False))
+                settings = run_overlay(run_dir, self.project, name=name, group=self.name, job_type="sweep", tags=["sweep", self.name])
+                overlay.write_text(yaml.safe_dump(settings, sort_keys=False))
                 record = {"name": name, "params": params, "command": argv, "folder": str(run_dir)}
                 record.update(self.execute(argv, run_dir))
                 if record["state"] != "finished":

@@ -1,0 +1,111 @@
+"""The PNG plots of the pipeline's report (score against KL, the alignment tax during training) and of the study
+(the paper's beta / gamma ablations), drawn headless with matplotlib."""
+
+from __future__ import annotations
+
+import csv
+from contextlib import contextmanager
+from pathlib import Path
+
+#: The PPO runs of a pipeline, by the label its plots give them.
+PPO_RUNS = {"ppo": "PPO", "ppo_ptx": "PPO-ptx"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+@contextmanager
+def figure(path: Path, nrows: int = 1, ncols: int = 1, figsize=(5, 4), dpi: int = 100, title: str | None = None):
+    """A figure whose axes the block draws on, then saved to ``path`` and closed."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(nrows, ncols, figsize=figsize)
+    try:
+        yield axes
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(path, dpi=dpi)
+    finally:
+        plt.close(fig)
+
+
+def csv_log(folder: Path) -> list[dict]:
+    """The rows of the latest ``version_*/metrics.csv`` a CSVLogger wrote under ``folder`` (none: [])."""
+    files = sorted(folder.glob("version_*/metrics.csv"))
+    if not files:
+        return []
+    with files[-1].open() as f:
+        return list(csv.DictReader(f))
+
+
+def pipeline_plots(out: Path, sft: dict) -> list[str]:
+    """``score_vs_kl.png`` and ``pretrain_loss.png`` in the pipeline folder ``out``, from its PPO stages' CSV logs,
+    with the SFT policy's held-out ``score`` and ``pretrain_loss`` for reference; returns the file names."""
+    logs = {stage: csv_log(out / stage / "csv") for stage in PPO_RUNS}
+    with figure(out / "score_vs_kl.png") as ax:
+        for stage, label in PPO_RUNS.items():
+            rows = [r for r in logs[stage] if r.get("objective/kl") and r.get("objective/score")]
+            ax.plot([float(r["objective/kl"]) for r in rows], [float(r["objective/score"]) for r in rows], ".-", label=label, alpha=0.7)
+        ax.plot([0.0], [sft["score"]], "k*", markersize=12, label="SFT (held-out)")
+        _label(ax, "KL to SFT (nats per response)", "RM score (training rollouts)", "Score vs KL during training")
+    with figure(out / "pretrain_loss.png") as ax:
+        for stage, label in PPO_RUNS.items():
+            rows = [r for r in logs[stage] if r.get("val/pretrain_loss")]
+            episodes = {r["step"]: float(r["episodes"]) for r in logs[stage] if r.get("episodes")}
+            ax.plot([episodes.get(r["step"], float(r["step"])) for r in rows], [float(r["val/pretrain_loss"]) for r in rows], "o-", label=label)
+        ax.axhline(sft["pretrain_loss"], color="k", linestyle="--", label="SFT")
+        _label(ax, "episodes", "held-out pretraining LM loss", "Alignment tax during training")
+    return ["score_vs_kl.png", "pretrain_loss.png"]
+
+
+def _label(ax, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+
+
+def _symlog_axis(ax, values: list[float]) -> None:
+    positive = [v for v in values if v > 0]
+    if positive and max(positive) / min(positive) >= 10:
+        ax.set_xscale("symlog", linthresh=min(positive)) if min(values) <= 0 else ax.set_xscale("log")
+
+
+def alignment_tax(rows: list[dict], baseline: dict | None, path: Path, title: str) -> None:
+    """The study's panels: RM score (top) and held-out pretraining loss (bottom) against ``ptx_coef`` (a line per
+    ``kl_coef``), against ``kl_coef`` (a line per ``ptx_coef``), and against the measured KL; SFT dashed."""
+    kl_coefs = sorted({r["kl_coef"] for r in rows})
+    ptx_coefs = sorted({r["ptx_coef"] for r in rows})
+    colours = _pyplot().get_cmap("viridis")
+    with figure(path, 2, 3, figsize=(15, 8.5), dpi=90, title=title + ("  (dashed: SFT)" if baseline else "")) as axes:
+        for row_index, (metric, label) in enumerate((("score", "validation RM score (normalised)"),
+                                                      ("pretrain_loss", "held-out pretraining loss"))):
+            # metric vs one coefficient, a line per value of the other
+            for ax, x, line, marker, xlabel in ((axes[row_index, 0], "ptx_coef", "kl_coef", "o-", "ptx_coef (gamma; 0 = plain PPO)"),
+                                                (axes[row_index, 1], "kl_coef", "ptx_coef", "s-", "kl_coef (beta)")):
+                values = sorted({r[line] for r in rows})
+                for i, value in enumerate(values):
+                    points = sorted((r[x], r[metric]) for r in rows if r[line] == value)
+                    ax.plot(*zip(*points), marker, color=colours(i / max(1, len(values) - 1)), label=f"{line} {value:g}")
+                _symlog_axis(ax, sorted({r[x] for r in rows}))
+                ax.set_xlabel(xlabel)
+            ax = axes[row_index, 2]  # metric vs measured KL, coloured by ptx_coef, marker size by kl_coef
+            for i, ptx_coef in enumerate(ptx_coefs):
+                sel = [r for r in rows if r["ptx_coef"] == ptx_coef]
+                ax.scatter([r["kl"] for r in sel], [r[metric] for r in sel], color=colours(i / max(1, len(ptx_coefs) - 1)),
+                           s=[30 + 30 * kl_coefs.index(r["kl_coef"]) for r in sel], label=f"ptx_coef {ptx_coef:g}")
+            if baseline:
+                ax.scatter([0.0], [baseline[metric]], marker="*", color="k", s=150, label="SFT")
+            ax.set_xlabel("KL to SFT (nats per response); marker size grows with kl_coef")
+            for ax in axes[row_index]:
+                ax.set_ylabel(label)
+                if baseline:
+                    ax.axhline(baseline[metric], color="k", linestyle="--", linewidth=1)
+                ax.grid(alpha=0.3)
+                ax.legend(fontsize=8)
