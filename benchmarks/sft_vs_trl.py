@@ -52,12 +52,12 @@ def data_module(args):
     from lit_instruct.data.demonstrations import SFTDataModule
 
     class FixedOrder(SFTDataModule):
-        def prepare(self, max_length: int) -> None:
-            super().prepare(max_length)
+        def load(self) -> None:
+            super().load()
             random.Random(0).shuffle(self.train_examples)
 
         def train_dataloader(self):
-            return self._loader(self.train_examples, shuffle=False)
+            return self.loader(self.train_examples, shuffle=False)
 
     return FixedOrder(train_file="bundled:sft.jsonl", max_length=args.max_length, batch_size=args.batch_size,
                       min_response_tokens=8, overlong="skip", num_workers=0, tokenizer_name_or_path=args.model_dir)
@@ -191,7 +191,7 @@ def prepare(args, model_dir: str) -> int:
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     data = data_module(args)
-    data.prepare(args.max_length)
+    data.prepare()
     with open(os.path.join(model_dir, EXAMPLES), "w") as f:
         json.dump([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in data.train_examples], f)
     return sum(p.numel() for p in model.parameters())

@@ -128,7 +128,7 @@ def test_score_rises_and_kl_grows_with_an_easy_reward(exports, tmp_path):
     module = make(exports, ptx={"ptx_coef": 0.0}, missing_eos_penalty=None, kl={"kl_coef": 0.01},
                   ppo={"minibatch_size": 8, "ppo_epochs": 2}, optimizer=lambda p: torch.optim.Adam(p, lr=3e-3, eps=1e-5))
     dm = data(rollout_batch_size=16)
-    dm.tokenizer = module.tokenizer
+    dm.connect(module.tokenizer)
     dm.prepare()
     query, mask = collate_prompts(dm.train_prompts[:16], module.tokenizer.pad_token_id, module.device)
     with torch.no_grad():  # reward the token the policy already likes most (a few % of its samples)

@@ -4,14 +4,8 @@ import json
 
 import pytest
 
-from lit_instruct.data.records import (
-    DataError,
-    Problem,
-    RowNumber,
-    check_columns,
-    check_text_fields,
-    read_rows,
-)
+from lit_instruct.data.problems import DataError, Problem, RowNumber
+from lit_instruct.data.records import check_columns, check_text_fields, read_rows
 
 datasets = pytest.importorskip("datasets")
 

@@ -21,8 +21,7 @@ def write_jsonl(path, rows):
 
 def make_dm(tokenizer, path, **kwargs):
     dm = RewardDataModule(train_file=path, val_fraction=0.3, demonstrations_file=None, **kwargs)
-    dm.tokenizer = tokenizer
-    dm.max_length = 64
+    dm.connect(tokenizer, 64)
     dm.prepare()
     return dm
 

@@ -24,8 +24,8 @@ def good_rows(n=40):
 
 def make_dm(tokenizer, train_file, max_length=64, **kwargs):
     dm = SFTDataModule(train_file=train_file, val_fraction=0.25, **kwargs)
-    dm.tokenizer = tokenizer
-    dm.prepare(max_length)
+    dm.connect(tokenizer, max_length)
+    dm.prepare()
     return dm
 
 

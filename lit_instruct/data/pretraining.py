@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from typing import Optional
 
-import lightning as L
-from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from lit_instruct.data.batching import LMCollator
-from lit_instruct.data.records import DataError, check_range, read_documents, split
-from lit_instruct.models.causal_lm import load_tokenizer
+from lit_instruct.data.formats import read_documents
+from lit_instruct.data.module import DataModule
+from lit_instruct.data.problems import DataError
+from lit_instruct.data.records import check_range, split
 
 
 def pretrain_split(text_file: str = "bundled:pretrain.txt", val_fraction: float = 0.1, split_seed: int = 0) -> tuple[list[str], list[str]]:
@@ -25,14 +25,6 @@ def pretrain_split(text_file: str = "bundled:pretrain.txt", val_fraction: float 
     return train, heldout
 
 
-def check_blocks(text_file: str, blocks: dict[str, list], block_size: int, setting: str) -> None:
-    """A :class:`DataError` naming the file and the split when a split's text does not fill one block."""
-    for name, packed in blocks.items():
-        if not packed:
-            raise DataError(f"{text_file}: the {name} split has too little text for one {block_size}-token block "
-                            f"(add text or lower {setting})")
-
-
 def pack_documents(tokenizer, docs: list[str], block_size: int) -> list[dict]:
     """Tokenise documents, join them with EOS, and cut the stream into ``block_size`` blocks (the last partial one dropped)."""
     stream: list[int] = []
@@ -43,7 +35,21 @@ def pack_documents(tokenizer, docs: list[str], block_size: int) -> list[dict]:
     return [{"input_ids": b, "labels": b} for b in blocks]
 
 
-class PretrainDataModule(L.LightningDataModule):
+def pack_splits(tokenizer, text_file: str, val_fraction: float, split_seed: int, block_size: int, setting: str,
+                need_training: bool = True) -> tuple[list[str], list[str], list[dict], list[dict]]:
+    """(training documents, held-out documents, training blocks, held-out blocks) of a corpus (:func:`pretrain_split`,
+    :func:`pack_documents`). A :class:`DataError` names the file and the split when the held-out text, or the training
+    text when ``need_training``, does not fill one block (``setting`` is the block size's name, to lower)."""
+    train_docs, heldout_docs = pretrain_split(text_file, val_fraction, split_seed)
+    blocks = {"training": pack_documents(tokenizer, train_docs, block_size), "held-out": pack_documents(tokenizer, heldout_docs, block_size)}
+    for name, packed in blocks.items():
+        if not packed and (need_training or name == "held-out"):
+            raise DataError(f"{text_file}: the {name} split has too little text for one {block_size}-token block "
+                            f"(add text or lower {setting})")
+    return train_docs, heldout_docs, blocks["training"], blocks["held-out"]
+
+
+class PretrainDataModule(DataModule):
     """Plain text (documents separated by blank lines), packed into full-length blocks; every token is labelled.
 
     Args:
@@ -56,6 +62,9 @@ class PretrainDataModule(L.LightningDataModule):
         num_sample_prompts_tokens: Tokens of each held-out document used as a prompt for logged samples.
         tokenizer_name_or_path: Tokenizer; ``None`` takes the model's.
     """
+
+    name = "pretrain"
+    length_setting = "block_size"
 
     def __init__(
         self,
@@ -75,39 +84,26 @@ class PretrainDataModule(L.LightningDataModule):
         check_range("data.num_workers", num_workers, 0)
         check_range("data.num_sample_prompts_tokens", num_sample_prompts_tokens, 1)
         self.save_hyperparameters()
-        self.tokenizer = None
         self.train_blocks: list[dict] = []
         self.val_blocks: list[dict] = []
         self.heldout_docs: list[str] = []
 
-    def setup(self, stage: Optional[str] = None) -> None:
-        if self.train_blocks:
-            return
+    def load(self) -> None:
         h = self.hparams
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        self.tokenizer = module.tokenizer if module is not None and not h.tokenizer_name_or_path else load_tokenizer(
-            h.tokenizer_name_or_path or "embedded"
-        )
-        block = h.block_size or (module.context_length if module is not None else 256)
-        train_docs, self.heldout_docs = pretrain_split(h.text_file, h.val_fraction, h.split_seed)
-        self.train_blocks = pack_documents(self.tokenizer, train_docs, block)
-        self.val_blocks = pack_documents(self.tokenizer, self.heldout_docs, block)
-        check_blocks(h.text_file, {"training": self.train_blocks, "held-out": self.val_blocks}, block, "data.block_size")
-        rank_zero_info(
-            f"[pretrain data] {len(train_docs)} train / {len(self.heldout_docs)} held-out documents from {h.text_file}: "
-            f"{len(self.train_blocks)} / {len(self.val_blocks)} blocks of {block} tokens"
-        )
+        train_docs, self.heldout_docs, self.train_blocks, self.val_blocks = pack_splits(
+            self.tokenizer, h.text_file, h.val_fraction, h.split_seed, self.max_length, "data.block_size")
+        self.log(f"{len(train_docs)} train / {len(self.heldout_docs)} held-out documents from {h.text_file}: "
+                 f"{len(self.train_blocks)} / {len(self.val_blocks)} blocks of {self.max_length} tokens")
 
     def sample_prompts(self, n: int) -> list[str]:
         k = self.hparams.num_sample_prompts_tokens
         return [self.tokenizer.decode(self.tokenizer(d, add_special_tokens=False)["input_ids"][:k]) for d in self.heldout_docs[:n]]
 
-    def _loader(self, blocks: list[dict], shuffle: bool) -> DataLoader:
-        collate = LMCollator(self.tokenizer.pad_token_id)
-        return DataLoader(blocks, batch_size=self.hparams.batch_size, shuffle=shuffle, collate_fn=collate, num_workers=self.hparams.num_workers)
+    def collator(self) -> LMCollator:
+        return LMCollator(self.tokenizer.pad_token_id)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_blocks, shuffle=True)
+        return self.loader(self.train_blocks, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_blocks, shuffle=False)
+        return self.loader(self.val_blocks)

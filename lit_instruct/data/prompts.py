@@ -5,30 +5,15 @@ from __future__ import annotations
 import random
 from typing import Literal, Optional
 
-import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, IterableDataset
 
-from lit_instruct import bundled
 from lit_instruct.data.batching import LMCollator
-from lit_instruct.data.pretraining import check_blocks, pack_documents, pretrain_split
-from lit_instruct.data.prompt_format import (
-    DEFAULT_TEMPLATE,
-    ChatTemplateMode,
-    PromptFormat,
-    check_prompt_field,
-    prompt_key,
-)
-from lit_instruct.data.records import (
-    DataError,
-    Problem,
-    check_range,
-    raise_problems,
-    read_rows,
-    split,
-)
-from lit_instruct.models.causal_lm import context_length, load_tokenizer
+from lit_instruct.data.module import PromptDataModule, Stats
+from lit_instruct.data.pretraining import pack_splits
+from lit_instruct.data.prompt_format import DEFAULT_TEMPLATE, ChatTemplateMode, PromptFormat, check_prompt_field
+from lit_instruct.data.records import check_range
+from lit_instruct.models.causal_lm import context_length
 from lit_instruct.models.export import read_metadata
 
 
@@ -53,7 +38,7 @@ class PromptStream(IterableDataset):
             index += 1
 
 
-class PPODataModule(L.LightningDataModule):
+class PPODataModule(PromptDataModule):
     """Prompts for rollouts and validation, and pretraining text for the ptx term and the alignment-tax metric.
 
     Args:
@@ -78,6 +63,9 @@ class PPODataModule(L.LightningDataModule):
         max_val_pretrain_blocks: Held-out pretraining blocks in the validation LM loss.
         seed: Seed of the prompt and pretraining streams.
     """
+
+    name = "ppo"
+    length_setting = "max_prompt_tokens"
 
     def __init__(
         self,
@@ -109,7 +97,7 @@ class PPODataModule(L.LightningDataModule):
         check_range("data.ptx_block_size", ptx_block_size, 2)
         check_range("data.max_val_pretrain_blocks", max_val_pretrain_blocks, 1)
         self.save_hyperparameters()
-        self.tokenizer = None
+        self.needs_ptx = True
         self.train_prompts: list[list[int]] = []
         self.val_prompts: list[list[int]] = []
         self.ptx_blocks: list[dict] = []
@@ -117,28 +105,25 @@ class PPODataModule(L.LightningDataModule):
         self.consumed_rollouts = 0
         self.consumed_ptx = 0
 
-    def setup(self, stage: Optional[str] = None) -> None:
-        if self.train_prompts:
-            return
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        self.tokenizer = module.tokenizer if module is not None else load_tokenizer("embedded")
-        if module is not None:
-            context = min(context_length(module.policy.config), module.reward_model.context_length)
-            longest = self.hparams.max_prompt_tokens + module.max_new_tokens
-            if longest > context:
-                raise ValueError(
-                    f"data.max_prompt_tokens ({self.hparams.max_prompt_tokens}) + model.max_new_tokens "
-                    f"({module.max_new_tokens}) = {longest} tokens exceed the {context}-token context of the "
-                    "policy / reward model: lower one of them"
-                )
-            self.check_formats(module)
-        self.prepare(needs_ptx=module.uses_ptx if module is not None else True)
+    def connect(self, tokenizer=None, max_length: Optional[int] = None, needs_ptx: bool = True) -> None:
+        """:meth:`DataModule.connect <lit_instruct.data.module.DataModule.connect>`, and whether the ptx term is on
+        (``needs_ptx``: then the training text must fill one ``ptx_block_size`` block too)."""
+        super().connect(tokenizer, max_length)
+        self.needs_ptx = needs_ptx
 
-    def prompt_format(self) -> PromptFormat:
-        """How prompts become model input with this data's settings and tokenizer."""
-        if self.tokenizer is None:
-            self.tokenizer = load_tokenizer("embedded")
-        return PromptFormat.from_tokenizer(self.tokenizer, self.hparams.prompt_template, self.hparams.chat_template)
+    def connect_module(self, module) -> None:
+        """Connect to the PPO module: its tokenizer, the room its policy and reward model leave a prompt beside
+        ``max_new_tokens``, and whether it uses the ptx term; then check the prompt formats (:meth:`check_formats`)."""
+        context = min(context_length(module.policy.config), module.context_length)
+        longest = self.hparams.max_prompt_tokens + module.max_new_tokens
+        if longest > context:
+            raise ValueError(
+                f"data.max_prompt_tokens ({self.hparams.max_prompt_tokens}) + model.max_new_tokens "
+                f"({module.max_new_tokens}) = {longest} tokens exceed the {context}-token context of the "
+                "policy / reward model: lower one of them"
+            )
+        self.connect(module.tokenizer, context - module.max_new_tokens, needs_ptx=module.uses_ptx)
+        self.check_formats(module)
 
     def check_formats(self, module) -> None:
         """The reward model must read prompts formatted as PPO writes them (else it scores text it never saw in
@@ -151,39 +136,25 @@ class PPODataModule(L.LightningDataModule):
             PromptFormat.check_same(ours, policy_format, "PPO's prompts (data.prompt_template / data.chat_template)",
                                     f"the policy's SFT at {module.hparams.policy_name_or_path}")
 
-    def prepare(self, needs_ptx: bool = True) -> None:
-        """Read and validate the prompts and the pretraining text (called by :meth:`setup`). The held-out
-        pretraining text must fill one ``ptx_block_size`` block, and so must the training text when the ptx term
-        is on (``needs_ptx``)."""
+    def encode(self, row: dict, fmt: PromptFormat, stats: Stats) -> list[int] | str:
+        ids = self.tokenizer(fmt.prompt(row["prompt"]), add_special_tokens=False)["input_ids"]
+        if len(ids) > self.max_length:
+            return f"prompt is {len(ids)} tokens, longer than max_prompt_tokens={self.max_length}"
+        return ids
+
+    def load(self) -> None:
+        """Read and validate the prompts and the pretraining text. The held-out pretraining text must fill one
+        ``ptx_block_size`` block, and so must the training text when the ptx term is on (``needs_ptx``)."""
         h = self.hparams
-        keep = (lambda row: bundled.is_permissive(row.get("license"))) if h.only_permissive else None
-        rows = read_rows(h.prompts_file, check_prompt_field, keep=keep, columns=h.columns)
-        encoded, skipped = [], []
-        fmt = self.prompt_format()
-        for line, row in rows:
-            ids = self.tokenizer(fmt.prompt(row["prompt"]), add_special_tokens=False)["input_ids"]
-            if len(ids) > h.max_prompt_tokens:
-                skipped.append(Problem(str(h.prompts_file), line, f"prompt is {len(ids)} tokens, longer than max_prompt_tokens={h.max_prompt_tokens}"))
-                continue
-            encoded.append((row["prompt"], ids))
-        if skipped and h.overlong == "error":
-            raise_problems(skipped, "over-long prompts; set data.overlong=skip to drop them instead")
-        train, val = split(encoded, lambda e: prompt_key(e[0]), h.val_fraction, h.split_seed)
-        if not train or not val:
-            raise DataError(f"{h.prompts_file}: {len(train)} train / {len(val)} validation prompts left; need both")
-        self.train_prompts = [ids for _, ids in train]
-        self.val_prompts = [ids for _, ids in val][: h.max_val_prompts]
-        train_docs, heldout_docs = pretrain_split(h.pretrain_file, h.pretrain_val_fraction, h.split_seed)
-        self.ptx_blocks = pack_documents(self.tokenizer, train_docs, h.ptx_block_size)
+        encoded = self.encode_splits(self.read_splits(check_prompt_field, h.prompts_file), self.encode)
+        self.report(h.prompts_file, "prompts")
+        self.train_prompts, self.val_prompts = encoded["train"], encoded["val"][: h.max_val_prompts]
+        _, _, self.ptx_blocks, val_blocks = pack_splits(self.tokenizer, h.pretrain_file, h.pretrain_val_fraction, h.split_seed,
+                                                        h.ptx_block_size, "data.ptx_block_size", self.needs_ptx)
         random.Random(h.seed).shuffle(self.ptx_blocks)
-        self.val_blocks = pack_documents(self.tokenizer, heldout_docs, h.ptx_block_size)[: h.max_val_pretrain_blocks]
-        splits = {"training": self.ptx_blocks, "held-out": self.val_blocks} if needs_ptx else {"held-out": self.val_blocks}
-        check_blocks(h.pretrain_file, splits, h.ptx_block_size, "data.ptx_block_size")
-        rank_zero_info(
-            f"[ppo data] {len(self.train_prompts)} train / {len(self.val_prompts)} val prompts from {h.prompts_file} "
-            f"({len(skipped)} over-long skipped); {len(self.ptx_blocks)} ptx / {len(self.val_blocks)} held-out pretraining "
-            f"blocks of {h.ptx_block_size} tokens from {h.pretrain_file}"
-        )
+        self.val_blocks = val_blocks[: h.max_val_pretrain_blocks]
+        self.log(f"{len(self.ptx_blocks)} ptx / {len(self.val_blocks)} held-out pretraining blocks of {h.ptx_block_size} "
+                 f"tokens from {h.pretrain_file}; {len(self.val_prompts)} prompts scored at each validation")
 
     # ------------------------------------------------------------------ streams
     def ptx_batch(self, n: int) -> dict[str, torch.Tensor]:

@@ -4,33 +4,16 @@ stage's data module."""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from lit_instruct import bundled
 from lit_instruct.data.batching import pad_with_mask
-from lit_instruct.data.prompt_format import (
-    DEFAULT_TEMPLATE,
-    ChatTemplateMode,
-    PromptFormat,
-    check_prompt_field,
-    prompt_key,
-)
-from lit_instruct.data.records import (
-    DataError,
-    Problem,
-    check_range,
-    check_text_fields,
-    raise_problems,
-    read_rows,
-    split,
-)
-from lit_instruct.models.causal_lm import EMBEDDED, load_tokenizer
+from lit_instruct.data.demonstrations import check_demonstration
+from lit_instruct.data.module import PromptDataModule, Stats, overlong_prompt
+from lit_instruct.data.prompt_format import DEFAULT_TEMPLATE, ChatTemplateMode, PromptFormat, check_prompt_field, prompt_key
+from lit_instruct.data.records import check_range, check_text_fields, read_rows
 from lit_instruct.models.reward_model import encode_pair
 
 #: Ranks become an int64 tensor during training (10**30 overflowed it mid-run); a rank this large is a broken file.
@@ -81,13 +64,9 @@ def as_ranking(row: dict) -> tuple[str, list[str], list[int]]:
     return row["prompt"], list(row["completions"]), list(row["ranking"])
 
 
-@dataclass
-class RankedStats:
-    prompts: int = 0
-    completions: int = 0
-    comparisons: int = 0
-    truncated: int = 0
-    skipped: list[Problem] = field(default_factory=list)
+def count_comparisons(ranks: list[int]) -> int:
+    """The non-tied pairs of one prompt's completions."""
+    return sum(ri < rj for ri in ranks for rj in ranks)
 
 
 def expand_to_pairs(groups: list[dict]) -> list[dict]:
@@ -125,7 +104,7 @@ class RankedCollator:
                 slot.append(k)
             ranks[b, : len(g["ranks"])] = torch.as_tensor(g["ranks"])
             mask[b, : len(g["ranks"])] = True
-            comparisons += sum(ri < rj for ri in g["ranks"] for rj in g["ranks"])
+            comparisons += count_comparisons(g["ranks"])
         return {
             **dict(zip(("input_ids", "attention_mask"), pad_with_mask(rows, self.pad_token_id))),
             "group": torch.as_tensor(group),
@@ -136,7 +115,7 @@ class RankedCollator:
         }
 
 
-class RewardDataModule(L.LightningDataModule):
+class RewardDataModule(PromptDataModule):
     """Rankings of K completions per prompt (K may vary row to row; ties allowed) and pairwise comparisons.
 
     Rows are ``{"prompt", "completions": [...], "ranking": [...]}`` (``ranking[i]`` is the rank of
@@ -169,6 +148,8 @@ class RewardDataModule(L.LightningDataModule):
         tokenizer_name_or_path: Tokenizer; ``None`` takes the model's.
     """
 
+    name = "reward"
+
     def __init__(
         self,
         train_file: str = "bundled:rank.jsonl",
@@ -197,84 +178,30 @@ class RewardDataModule(L.LightningDataModule):
         check_range("data.normalization_rows", normalization_rows, 1)
         check_range("data.num_workers", num_workers, 0)
         self.save_hyperparameters()
-        self.tokenizer = None
         self.train_groups: list[dict] = []
         self.val_groups: list[dict] = []
-        self.max_length = 0
         self._demonstrations: Optional[list[tuple[str, str]]] = None
 
-    def read(self, path: str) -> list[tuple[int, dict]]:
-        keep = (lambda row: bundled.is_permissive(row.get("license"))) if self.hparams.only_permissive else None
-        return read_rows(path, check_ranked_row, keep=keep, columns=self.hparams.columns)
+    def encode(self, row: dict, fmt: PromptFormat, stats: Stats) -> dict | str:
+        prompt, completions, ranks = as_ranking(row)
+        prompt_ids = self.tokenizer(fmt.prompt(prompt), add_special_tokens=False)["input_ids"]
+        if self.max_length - len(prompt_ids) < self.hparams.min_completion_tokens:
+            return overlong_prompt(len(prompt_ids), self.max_length, "completions")
+        encoded = [encode_pair(self.tokenizer, prompt_ids, c, self.max_length, fmt) for c in completions]
+        stats.completions += len(encoded)
+        stats.cut += sum(cut for _, cut in encoded)
+        stats.comparisons += count_comparisons(ranks)
+        return {"input_ids": [ids for ids, _ in encoded], "ranks": ranks, "prompt": prompt}
 
-    def encode(self, rows: list[tuple[int, dict]], path: str, stats: RankedStats) -> list[dict]:
+    def load(self) -> None:
         h = self.hparams
-        groups = []
-        fmt = self.prompt_format()
-        for line, row in rows:
-            prompt, completions, ranks = as_ranking(row)
-            prompt_ids = self.tokenizer(fmt.prompt(prompt), add_special_tokens=False)["input_ids"]
-            room = self.max_length - len(prompt_ids)
-            if room < h.min_completion_tokens:
-                stats.skipped.append(Problem(path, line, f"prompt is {len(prompt_ids)} tokens, leaving {max(room, 0)} of the {self.max_length}-token context for completions"))
-                continue
-            encoded = [encode_pair(self.tokenizer, prompt_ids, c, self.max_length, fmt) for c in completions]
-            stats.prompts += 1
-            stats.completions += len(encoded)
-            stats.truncated += sum(cut for _, cut in encoded)
-            stats.comparisons += sum(ri < rj for ri in ranks for rj in ranks)
-            groups.append({"input_ids": [ids for ids, _ in encoded], "ranks": ranks, "prompt": prompt})
-        return groups
-
-    def setup(self, stage: Optional[str] = None) -> None:
-        if self.train_groups:
-            return
-        h = self.hparams
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        if module is not None and not h.tokenizer_name_or_path:
-            self.tokenizer = module.tokenizer
-        else:
-            self.tokenizer = load_tokenizer(h.tokenizer_name_or_path or EMBEDDED)
-        self.max_length = h.max_length or (module.context_length if module is not None else 256)
-        self.prepare()
-
-    def prepare(self) -> None:
-        """Read, validate and tokenise both splits (called by :meth:`setup`; usable without a Trainer)."""
-        h = self.hparams
-        if self.tokenizer is None:
-            self.tokenizer = load_tokenizer(h.tokenizer_name_or_path or EMBEDDED)
-        self.max_length = self.max_length or h.max_length or 256
-        rows = self.read(h.train_file)
-        if h.val_file:
-            train_rows, val_rows, val_path = rows, self.read(h.val_file), h.val_file
-        else:
-            train_rows, val_rows = split(rows, lambda r: prompt_key(r[1]["prompt"]), h.val_fraction, h.split_seed)
-            val_path = h.train_file
-        if not val_rows:
-            raise DataError(f"{h.train_file}: the validation split is empty (raise val_fraction or give val_file)")
-        train_stats, val_stats = RankedStats(), RankedStats()
-        self.train_groups = self.encode(train_rows, h.train_file, train_stats)
-        self.val_groups = self.encode(val_rows, val_path, val_stats)
-        skipped = train_stats.skipped + val_stats.skipped
-        if skipped and h.overlong == "error":
-            raise_problems(skipped, "over-long rows; set data.overlong=skip to drop them instead")
-        if not self.train_groups or not self.val_groups:
-            raise DataError(f"{h.train_file}: no rows left after skipping over-long ones")
-        self.stats = {"train": train_stats, "val": val_stats}
+        encoded = self.encode_splits(self.read_splits(check_ranked_row, h.train_file, h.val_file), self.encode)
+        self.train_groups, self.val_groups = encoded["train"], encoded["val"]
+        train, val = self.stats["train"], self.stats["val"]
+        self.report(h.train_file, "prompts", cut="completions",
+                    details=f": {train.completions} / {val.completions} completions, {train.comparisons} / {val.comparisons} comparisons",
+                    more=f"pair_mode={h.pair_mode}" if h.pair_mode != "grouped" else "")
         self._demonstrations = self.read_demonstrations()  # checked now: it is used only after training
-        rank_zero_info(
-            f"[reward data] {train_stats.prompts} train / {val_stats.prompts} val prompts from {h.train_file}: "
-            f"{train_stats.completions} / {val_stats.completions} completions, {train_stats.comparisons} / "
-            f"{val_stats.comparisons} comparisons; {train_stats.truncated + val_stats.truncated} completions cut to "
-            f"{self.max_length} tokens; {len(skipped)} over-long rows skipped" + (f" (first: {skipped[0]})" if skipped else "")
-            + (f"; pair_mode={h.pair_mode}" if h.pair_mode != "grouped" else "")
-        )
-
-    def prompt_format(self) -> PromptFormat:
-        """How prompts become model input with this data's settings and tokenizer."""
-        if self.tokenizer is None:
-            self.tokenizer = load_tokenizer(self.hparams.tokenizer_name_or_path or EMBEDDED)
-        return PromptFormat.from_tokenizer(self.tokenizer, self.hparams.prompt_template, self.hparams.chat_template)
 
     def train_examples(self) -> list[dict]:
         if self.hparams.pair_mode == "shuffled_pairs":
@@ -292,19 +219,15 @@ class RewardDataModule(L.LightningDataModule):
         h = self.hparams
         if not h.demonstrations_file:
             return []
-        rows = read_rows(h.demonstrations_file, lambda r: check_prompt_field(r) or check_text_fields(r, ("response",)))
+        rows = read_rows(h.demonstrations_file, check_demonstration)
         ordered = sorted(rows, key=lambda r: hashlib.sha256(prompt_key(r[1]["prompt"]).encode()).hexdigest())
         return [(r["prompt"], r["response"]) for _, r in ordered[: h.normalization_rows]]
 
-    def _loader(self, examples: list[dict], shuffle: bool) -> DataLoader:
-        return DataLoader(examples, batch_size=self.hparams.batch_size, shuffle=shuffle,
-                          collate_fn=RankedCollator(self.tokenizer.pad_token_id), num_workers=self.hparams.num_workers)
+    def collator(self) -> RankedCollator:
+        return RankedCollator(self.tokenizer.pad_token_id)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_examples(), shuffle=True)
+        return self.loader(self.train_examples(), shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_groups, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
+        return self.loader(self.val_groups)

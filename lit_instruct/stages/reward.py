@@ -153,7 +153,7 @@ class RewardModule(Stage):
         """Checkpoints are written before the normalisation: redo it from the data module's saved settings."""
         settings = {k: v for k, v in (checkpoint.get("datamodule_hyper_parameters") or {}).items() if not k.startswith("_")}
         data = RewardDataModule(**settings)
-        data.tokenizer = self.tokenizer
+        data.connect(self.tokenizer)
         self.use_format(data.prompt_format())
         if settings.get("demonstrations_file"):
             self.normalize(data.demonstrations())
