@@ -157,7 +157,7 @@ def test_bad_inputs_stop_before_training(exports, tmp_path, tokenizer):
     with pytest.raises(DataError, match=r"long.jsonl:1: prompt is \d+ tokens, longer than max_prompt_tokens=48"):
         trainer(tmp_path, 1).fit(make(exports), data(prompts_file=str(long), overlong="error"))
     # Prompt room plus response length beyond the context.
-    with pytest.raises(ValueError, match=r"max_prompt_tokens \(121\) \+ model.max_new_tokens \(8\) = 129 tokens exceed the 128-token context"):
+    with pytest.raises(ValueError, match=r"max_prompt_tokens \(121\) \+ model.sampling.max_new_tokens \(8\) = 129 tokens exceed the 128-token context"):
         trainer(tmp_path, 1).fit(make(exports), data(max_prompt_tokens=121))
     # A reward model without its normalisation.
     raw = RewardModel.from_causal_lm(str(exports / "sft"), tokenizer)

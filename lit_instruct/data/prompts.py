@@ -57,8 +57,8 @@ class PPODataModule(PromptDataModule):
         max_val_prompts: Held-out prompts scored at each validation.
         val_batch_size: Prompts per validation batch.
         pretrain_file: Pretraining text: its training documents feed the ptx term, its held-out documents (the
-            same split as the base stage) measure the alignment tax.
-        pretrain_val_fraction: Held-out share of pretraining documents (keep it equal to the base stage's).
+            same split as the pretrain stage) measure the alignment tax.
+        pretrain_val_fraction: Held-out share of pretraining documents (keep it equal to the pretrain stage's).
         ptx_block_size: Tokens per pretraining sequence.
         max_val_pretrain_blocks: Held-out pretraining blocks in the validation LM loss.
         seed: Seed of the prompt and pretraining streams.
@@ -118,7 +118,7 @@ class PPODataModule(PromptDataModule):
         longest = self.hparams.max_prompt_tokens + module.max_new_tokens
         if longest > context:
             raise ValueError(
-                f"data.max_prompt_tokens ({self.hparams.max_prompt_tokens}) + model.max_new_tokens "
+                f"data.max_prompt_tokens ({self.hparams.max_prompt_tokens}) + model.sampling.max_new_tokens "
                 f"({module.max_new_tokens}) = {longest} tokens exceed the {context}-token context of the "
                 "policy / reward model: lower one of them"
             )

@@ -1,6 +1,6 @@
 """The causal language-model LightningModule shared by the base (pretraining) and SFT stages.
 
-The two stages differ only in their data: the base stage puts a label on every token, SFT on response tokens
+The two stages differ only in their data: the pretrain stage puts a label on every token, SFT on response tokens
 only. The loss is :func:`lit_instruct.objectives.lm_loss` over whatever tokens carry a label.
 """
 

@@ -1,4 +1,4 @@
-"""Base stage: pretrain the embedded tiny model on ``pretrain.txt`` (causal LM loss on every token).
+"""Pretrain stage: pretrain the embedded tiny model on ``pretrain.txt`` (causal LM loss on every token).
 
 The embedded default has no pretrained model to start from; this stage makes one. Its text is the
 pretraining distribution that PPO-ptx mixes in, and its held-out documents (:func:`pretrain_split`) measure
