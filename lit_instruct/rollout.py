@@ -18,7 +18,11 @@ from dataclasses import dataclass, fields
 import torch
 
 from lit_instruct.data.batching import pad_with_mask, position_ids
-from lit_instruct.objectives import entropy_from_logprobs, explained_variance, masked_mean
+from lit_instruct.objectives import (
+    entropy_from_logprobs,
+    explained_variance,
+    masked_mean,
+)
 
 
 @dataclass

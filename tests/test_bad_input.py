@@ -279,3 +279,16 @@ def test_bad_setting_is_refused_when_the_data_module_is_built(cls, name, value, 
     with pytest.raises(ValueError) as err:
         cls(**{name: value})
     assert str(err.value) == message
+
+
+@pytest.mark.parametrize("cls, columns, wrong, right", [
+    (SFTDataModule, {"promt": "question", "response": "answer"}, "promt", "prompt"),
+    (RewardDataModule, {"choosen": "preferred"}, "choosen", "chosen"),
+])
+def test_a_misspelt_field_in_columns_is_named_before_training(cls, columns, wrong, right, tmp_path):
+    """Without this check every row would fail its validation as missing the field, which hides the typo."""
+    rows = [{"question": f"Q{i}?", "answer": f"A{i}.", "preferred": "yes", "rejected": "no"} for i in range(20)]
+    files = {"train_file": write(tmp_path / "rows.jsonl", rows)}
+    module = SFTModule(tiny=TINY) if cls is SFTDataModule else RewardModule(tiny=TINY)
+    message = fit_fails(module, cls(**files, columns=columns), tmp_path)
+    assert f"data.columns: unknown field {wrong!r} (did you mean {right!r}?)" in message, message

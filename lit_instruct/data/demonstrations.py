@@ -9,7 +9,12 @@ from torch.utils.data import DataLoader
 
 from lit_instruct.data.batching import LMCollator
 from lit_instruct.data.module import PromptDataModule, Stats, overlong_prompt
-from lit_instruct.data.prompt_format import DEFAULT_TEMPLATE, ChatTemplateMode, PromptFormat, check_prompt_field
+from lit_instruct.data.prompt_format import (
+    DEFAULT_TEMPLATE,
+    ChatTemplateMode,
+    PromptFormat,
+    check_prompt_field,
+)
 from lit_instruct.data.records import check_range, check_text_fields
 from lit_instruct.objectives import IGNORE_INDEX
 
@@ -67,6 +72,7 @@ class SFTDataModule(PromptDataModule):
         tokenizer_name_or_path: Tokenizer; ``None`` takes the model's (the usual case).
     """
 
+    fields = ("prompt", "response")
     name = "sft"
     default_length = 1024
 

@@ -20,7 +20,6 @@ from typing import Any
 from lit_instruct import bundled
 from lit_instruct.data.problems import DataError, Problem, RowNumber, raise_problems
 
-
 #: Local file suffixes read through a ``datasets`` builder (``.json`` is read with :mod:`json`, see
 #: :func:`read_rows`); any other existing file is read as JSON Lines.
 BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv"}

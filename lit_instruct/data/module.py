@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from lit_instruct import bundled
 from lit_instruct.data.problems import DataError, Problem, raise_problems
 from lit_instruct.data.prompt_format import PromptFormat, prompt_key
-from lit_instruct.data.records import Validator, read_rows, split
+from lit_instruct.data.records import Validator, check_columns, read_rows, split
 from lit_instruct.models.causal_lm import EMBEDDED, load_tokenizer
 
 
@@ -117,6 +117,9 @@ class PromptDataModule(DataModule):
     ``val_fraction``, ``split_seed``, ``overlong``): it formats prompts, reads and splits rows by prompt, encodes
     them with counted skips (:class:`Stats`) and reports the result in one place (:meth:`report`)."""
 
+    #: The fields of this data's rows that ``columns`` may map (besides ``license``, read by ``only_permissive``).
+    fields: tuple[str, ...] = ("prompt",)
+
     def __init__(self) -> None:
         super().__init__()
         self.stats: dict[str, Stats] = {}
@@ -128,6 +131,7 @@ class PromptDataModule(DataModule):
 
     def read(self, path: str, validate: Validator) -> list[tuple[int, dict]]:
         """The validated rows of ``path`` (``columns`` renamed); only Apache/MIT ones when ``only_permissive``."""
+        check_columns(self.hparams.columns, (*self.fields, "license"))  # a misspelt field, before any file is read
         keep = (lambda row: bundled.is_permissive(row.get("license"))) if self.hparams.only_permissive else None
         return read_rows(path, validate, keep=keep, columns=self.hparams.columns)
 

@@ -11,7 +11,12 @@ from torch.utils.data import DataLoader, IterableDataset
 from lit_instruct.data.batching import LMCollator
 from lit_instruct.data.module import PromptDataModule, Stats
 from lit_instruct.data.pretraining import pack_splits
-from lit_instruct.data.prompt_format import DEFAULT_TEMPLATE, ChatTemplateMode, PromptFormat, check_prompt_field
+from lit_instruct.data.prompt_format import (
+    DEFAULT_TEMPLATE,
+    ChatTemplateMode,
+    PromptFormat,
+    check_prompt_field,
+)
 from lit_instruct.data.records import check_range
 from lit_instruct.models.causal_lm import context_length
 from lit_instruct.models.export import read_metadata

@@ -12,7 +12,13 @@ from torch.utils.data import DataLoader
 from lit_instruct.data.batching import pad_with_mask
 from lit_instruct.data.demonstrations import check_demonstration
 from lit_instruct.data.module import PromptDataModule, Stats, overlong_prompt
-from lit_instruct.data.prompt_format import DEFAULT_TEMPLATE, ChatTemplateMode, PromptFormat, check_prompt_field, prompt_key
+from lit_instruct.data.prompt_format import (
+    DEFAULT_TEMPLATE,
+    ChatTemplateMode,
+    PromptFormat,
+    check_prompt_field,
+    prompt_key,
+)
 from lit_instruct.data.records import check_range, check_text_fields, read_rows
 from lit_instruct.models.reward_model import encode_pair
 
@@ -148,6 +154,7 @@ class RewardDataModule(PromptDataModule):
         tokenizer_name_or_path: Tokenizer; ``None`` takes the model's.
     """
 
+    fields = ("prompt", "chosen", "rejected", "completions", "ranking")
     name = "reward"
 
     def __init__(

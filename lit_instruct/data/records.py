@@ -23,7 +23,7 @@ Validator = Callable[[dict], "str | None"]
 def check_columns(columns: dict | None, allowed: set[str] | frozenset[str] | Iterable[str]) -> None:
     """Check a ``columns`` mapping (our field name -> the file's column name) before reading anything.
 
-    Raises :class:`ValueError` for a key that is not one of our ``allowed`` field names (a typo such as
+    Raises :class:`DataError` (a :class:`ValueError`) for a key that is not one of our ``allowed`` field names (a typo such as
     ``{"promt": "question"}``) or for a name that is not a non-empty string.
     """
     if columns is None:
@@ -36,7 +36,7 @@ def check_columns(columns: dict | None, allowed: set[str] | frozenset[str] | Ite
         if ours not in allowed:
             close = difflib.get_close_matches(str(ours), sorted(allowed), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"columns: unknown field {ours!r}{hint}; the fields are {expected}")
+            raise DataError(f"data.columns: unknown field {ours!r}{hint}; the fields are {expected}")
         if not isinstance(theirs, str) or not theirs:
             raise ValueError(f"columns: field {ours!r} must map to a column name (a non-empty string), got {theirs!r}")
 

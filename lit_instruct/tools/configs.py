@@ -43,7 +43,9 @@ def _mergeable(old, new) -> bool:
 
 
 def _read(path: Path) -> dict:
-    from jsonargparse import get_loader  # the YAML reading jsonargparse applies to config files (1e-3 is a float)
+    from jsonargparse import (
+        get_loader,  # the YAML reading jsonargparse applies to config files (1e-3 is a float)
+    )
 
     try:
         data = get_loader("yaml")(path.read_text(encoding="utf-8"))

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from lit_instruct.tools.configs import load_config, merge, run_overlay
 from lit_instruct.evaluation import measure_policy
+from lit_instruct.tools.configs import load_config, merge, run_overlay
 from lit_instruct.tools.report import POLICIES, pipeline_report
 
 STAGES = ("pretrain", "sft", "reward", "ppo", "ppo_ptx")
