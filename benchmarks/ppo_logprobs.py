@@ -288,8 +288,8 @@ def main() -> None:
             results[f"{size} {precision} {mode}"] = {"size": size, "precision": precision, "mode": mode,
                                                      "policy_parameters": models.parameters, **med}
 
-    print(f"| size (policy params) | precision | old log-probs | max \\|Δ logp\\| | mean \\|Δ logp\\| | approxkl "
-          f"| max \\|ratio-1\\| | generation s | scoring s | update s | iteration s | recompute pass: + s (share of iteration) |")
+    print("| size (policy params) | precision | old log-probs | max \\|Δ logp\\| | mean \\|Δ logp\\| | approxkl "
+          "| max \\|ratio-1\\| | generation s | scoring s | update s | iteration s | recompute pass: + s (share of iteration) |")
     print("|" + "---|" * 12)
     for r in results.values():
         extra = ""

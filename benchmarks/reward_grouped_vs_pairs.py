@@ -21,11 +21,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lit_instruct.data.prompt_format import format_prompt
+from lit_instruct.data.prompt_format import encode_pair, format_prompt
 from lit_instruct.data.rankings import RankedCollator, as_ranking, check_ranked_row
 from lit_instruct.data.records import read_rows
 from lit_instruct.models.causal_lm import load_tokenizer
-from lit_instruct.models.reward_model import RewardModel, encode_pair
+from lit_instruct.models.reward_model import RewardModel
 from lit_instruct.objectives import ranking_loss
 
 

@@ -17,10 +17,10 @@ from lit_instruct.data.prompt_format import (
     ChatTemplateMode,
     PromptFormat,
     check_prompt_field,
+    encode_pair,
     prompt_key,
 )
 from lit_instruct.data.records import check_range, check_text_fields, read_rows
-from lit_instruct.models.reward_model import encode_pair
 
 #: Ranks become an int64 tensor during training (10**30 overflowed it mid-run); a rank this large is a broken file.
 MAX_RANK = 2**31

@@ -24,7 +24,7 @@ from lit_instruct.data.batching import pad_with_mask, position_ids
 from lit_instruct.data.prompt_format import (
     DEFAULT_TEMPLATE,
     PromptFormat,
-    format_response,
+    encode_pair,
 )
 from lit_instruct.models.causal_lm import (
     EMBEDDED,
@@ -42,13 +42,6 @@ from lit_instruct.objectives import last_index
 LEGACY_HEAD_FILE = "reward_head.safetensors"  # exports written before the sequence-classification format
 #: ``config.json`` key of a reward export that holds its normalisation (shift, raw mean and std, rows, file).
 NORMALIZATION_KEY = "reward_normalization"
-
-
-def encode_pair(tokenizer, prompt_ids: list[int], completion: str, max_length: int, fmt: PromptFormat | None = None) -> tuple[list[int], bool]:
-    """``prompt + response(completion) + EOS`` as ids, cut at ``max_length`` (the flag says whether it was cut)."""
-    text = fmt.response(completion) if fmt is not None else format_response(completion)
-    ids = prompt_ids + tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    return ids[:max_length], len(ids) > max_length
 
 
 def sequence_classification_class(config):
