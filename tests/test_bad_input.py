@@ -6,11 +6,11 @@ check that none started and that the error came from the data module's setup; a 
 the data module is built (so the CLI stops before it builds a model).
 """
 
-import json
 import traceback
 
 import lightning as L
 import pytest
+from helpers import quiet_trainer, write_jsonl
 
 from lit_instruct import (
     PPODataModule,
@@ -18,14 +18,12 @@ from lit_instruct import (
     PretrainDataModule,
     PretrainModule,
     RewardDataModule,
-    RewardModel,
     RewardModule,
     SFTDataModule,
     SFTModule,
     TinyConfig,
 )
 from lit_instruct.data.records import DataError, in_validation
-from lit_instruct.models.export import save_export
 
 TINY = TinyConfig(n_layer=1, n_embd=32, n_head=2, n_positions=128)
 
@@ -42,9 +40,8 @@ def fit_fails(module, datamodule, tmp_path) -> str:
     """Run ``Trainer.fit``; it must raise a :class:`DataError` from the data module's setup before any training
     step. Returns the message."""
     steps = CountSteps()
-    trainer = L.Trainer(accelerator="cpu", max_steps=2, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=tmp_path, callbacks=[steps])
+    trainer = quiet_trainer(max_steps=2, limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False,
+                            default_root_dir=tmp_path, callbacks=[steps])
     with pytest.raises(DataError) as err:
         trainer.fit(module, datamodule)
     assert steps.steps == 0, "a training step ran before the bad input was found"
@@ -52,13 +49,6 @@ def fit_fails(module, datamodule, tmp_path) -> str:
     setup = type(datamodule).setup.__code__  # the data module's setup (defined in its class or inherited)
     assert any((name, filename) == (setup.co_name, setup.co_filename) for name, filename in frames), frames
     return str(err.value)
-
-
-def write(path, lines):
-    """``lines`` (str, bytes or JSON values) one per line; returns the path as a string."""
-    data = b"".join((l if isinstance(l, bytes) else (l if isinstance(l, str) else json.dumps(l)).encode()) + b"\n" for l in lines)
-    path.write_bytes(data)
-    return str(path)
 
 
 def check(message, path, *expected):
@@ -100,9 +90,9 @@ SFT_FILES = {
 @pytest.mark.parametrize("case", list(SFT_FILES))
 def test_sft_bad_file(case, tmp_path):
     name, lines, settings, expected = SFT_FILES[case]
-    path = write(tmp_path / name, lines)
+    path = write_jsonl(tmp_path / name, lines)
     if settings.pop("val_file", False):
-        settings["val_file"], path_train = path, write(tmp_path / "train.jsonl", DEMOS)
+        settings["val_file"], path_train = path, write_jsonl(tmp_path / "train.jsonl", DEMOS)
     else:
         path_train = path
     module = SFTModule(tiny=TINY, num_sample_prompts=0)
@@ -133,9 +123,9 @@ REWARD_FILES = {
 @pytest.mark.parametrize("case", list(REWARD_FILES))
 def test_reward_bad_file(case, tmp_path):
     name, lines, settings, expected = REWARD_FILES[case]
-    path = write(tmp_path / name, lines) if lines is not None else str(tmp_path / name)
+    path = write_jsonl(tmp_path / name, lines) if lines is not None else str(tmp_path / name)
     if settings.pop("demonstrations", False):
-        dm = RewardDataModule(train_file=write(tmp_path / "r.jsonl", RANKED), demonstrations_file=path, val_fraction=0.3, batch_size=2)
+        dm = RewardDataModule(train_file=write_jsonl(tmp_path / "r.jsonl", RANKED), demonstrations_file=path, val_fraction=0.3, batch_size=2)
     else:
         dm = RewardDataModule(train_file=path, val_fraction=0.3, batch_size=2, demonstrations_file=None, **settings)
     message = fit_fails(RewardModule(tiny=TINY), dm, tmp_path)
@@ -143,7 +133,7 @@ def test_reward_bad_file(case, tmp_path):
 
 
 def test_reward_demonstrations_are_read_once_at_setup(tmp_path):
-    dm = RewardDataModule(train_file=write(tmp_path / "r.jsonl", RANKED), demonstrations_file=write(tmp_path / "d.jsonl", DEMOS),
+    dm = RewardDataModule(train_file=write_jsonl(tmp_path / "r.jsonl", RANKED), demonstrations_file=write_jsonl(tmp_path / "d.jsonl", DEMOS),
                           val_fraction=0.3, normalization_rows=5)
     dm.prepare()
     (tmp_path / "d.jsonl").unlink()  # read at setup: the normalisation after training no longer needs the file
@@ -153,20 +143,8 @@ def test_reward_demonstrations_are_read_once_at_setup(tmp_path):
 # ====================================================================== PPO-ptx data
 
 
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory, tokenizer):
-    """An untrained tiny SFT export and a normalised reward model made from it (enough to reach data setup)."""
-    tmp = tmp_path_factory.mktemp("bad_input_exports")
-    sft = SFTModule(tiny=TINY, num_sample_prompts=0)
-    sft.export(tmp / "sft")
-    rm = RewardModel.from_causal_lm(str(tmp / "sft"), tokenizer)
-    rm.reward_shift = 0.0
-    rm.normalization = {"shift": 0.0, "rows": 0}
-    save_export(rm, tokenizer, tmp / "rm", {"stage": "reward", "normalization": rm.normalization})
-    return tmp
-
-
 def ppo(exports, **kwargs):
+    """A PPOModule on the session's ``tiny_exports`` (enough to reach data setup)."""
     return PPOModule(policy_name_or_path=str(exports / "sft"), reward_model_path=str(exports / "rm"),
                      sampling={"max_new_tokens": 8}, ppo={"minibatch_size": 2}, ptx={"examples_per_episode": 1},
                      num_sample_prompts=0, **kwargs)
@@ -203,19 +181,19 @@ PPO_FILES = {
 
 
 @pytest.mark.parametrize("case", list(PPO_FILES))
-def test_ppo_bad_file(case, exports, tmp_path):
+def test_ppo_bad_file(case, tiny_exports, tmp_path):
     name, lines, which, settings, expected = PPO_FILES[case]
     lines = documents(settings["long_in"]) if "long_in" in settings else lines
-    path = write(tmp_path / name, lines)
+    path = write_jsonl(tmp_path / name, lines)
     files = {"prompts_file": path} if which == "prompts" else {"pretrain_file": path, "pretrain_val_fraction": 0.5}
     dm = PPODataModule(rollout_batch_size=4, max_prompt_tokens=48, max_val_prompts=2, val_batch_size=2, ptx_block_size=32,
                           max_val_pretrain_blocks=2, **files)
-    message = fit_fails(ppo(exports), dm, tmp_path)
+    message = fit_fails(ppo(tiny_exports), dm, tmp_path)
     check(message, path, *expected)
 
 
 def test_plain_ppo_needs_no_training_text_but_still_held_out_text(tmp_path, tokenizer):
-    path = write(tmp_path / "t.txt", documents("held-out"))
+    path = write_jsonl(tmp_path / "t.txt", documents("held-out"))
     dm = PPODataModule(pretrain_file=path, pretrain_val_fraction=0.5, ptx_block_size=32, max_prompt_tokens=48)
     dm.connect(tokenizer, needs_ptx=False)  # ptx_coef 0: the training text is never used
     dm.prepare()
@@ -242,7 +220,7 @@ BASE_FILES = {
 def test_base_bad_file(case, tmp_path):
     name, lines, settings, expected = BASE_FILES[case]
     lines = documents(settings["long_in"]) if "long_in" in settings else lines
-    path = write(tmp_path / name, lines)
+    path = write_jsonl(tmp_path / name, lines)
     dm = PretrainDataModule(text_file=path, val_fraction=0.5, block_size=32, batch_size=2)
     message = fit_fails(PretrainModule(tiny=TINY, num_sample_prompts=0), dm, tmp_path)
     check(message, path, *expected)
@@ -288,7 +266,7 @@ def test_bad_setting_is_refused_when_the_data_module_is_built(cls, name, value, 
 def test_a_misspelt_field_in_columns_is_named_before_training(cls, columns, wrong, right, tmp_path):
     """Without this check every row would fail its validation as missing the field, which hides the typo."""
     rows = [{"question": f"Q{i}?", "answer": f"A{i}.", "preferred": "yes", "rejected": "no"} for i in range(20)]
-    files = {"train_file": write(tmp_path / "rows.jsonl", rows)}
+    files = {"train_file": write_jsonl(tmp_path / "rows.jsonl", rows)}
     module = SFTModule(tiny=TINY) if cls is SFTDataModule else RewardModule(tiny=TINY)
     message = fit_fails(module, cls(**files, columns=columns), tmp_path)
     assert f"data.columns: unknown field {wrong!r} (did you mean {right!r}?)" in message, message

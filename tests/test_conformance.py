@@ -21,7 +21,7 @@ import json
 
 import pytest
 import torch
-from conftest import CONFIGS
+from helpers import CONFIGS, run_cli, tiny_overrides
 from hf_models import CHAT_FAMILIES, FAMILIES, write_hf_model
 from transformers import (
     AutoModelForCausalLM,
@@ -172,8 +172,6 @@ def test_every_stage_on_a_real_architecture(family, setting, small_data, tmp_pat
 def test_cli_sft_on_a_bf16_hub_directory_trains_in_train_mode(tmp_path):
     """The command a new user runs, in its own process with warnings shown: a bf16 Hugging Face directory through
     the tiny SFT config in bf16-mixed trains (no 'eval mode' warning from Lightning) and exports fp32 weights."""
-    from conftest import run_cli, tiny_overrides
-
     source = write_hf_model(tmp_path / "hub", "gpt_neox", torch.bfloat16)
     result = run_cli("fit", "--config", str(CONFIGS / "sft/tiny.yaml"), "--model.model_name_or_path", str(source),
                      "--trainer.precision", "bf16-mixed", *tiny_overrides(tmp_path), "--data.max_length", "96",

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import CONFIGS, run_cli, tiny_overrides
+from helpers import CONFIGS, run_cli, tiny_overrides
 from transformers import AutoModelForCausalLM
 
 pytestmark = pytest.mark.slow

@@ -1,15 +1,11 @@
 """The tiny Hugging Face checkpoints of :mod:`hf_models` load as their hub counterparts do (transformers 5)."""
 
 import json
-import sys
-from pathlib import Path
 
+import hf_models
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import hf_models  # noqa: E402
-from hf_models import (  # noqa: E402
+from hf_models import (
     CHAT_FAMILIES,
     DROPOUT,
     DTYPES,

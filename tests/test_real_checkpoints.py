@@ -5,21 +5,18 @@ The checkpoints are the tiny random-init ones of :mod:`hf_models`; every run is 
 """
 
 import json
-import sys
 from pathlib import Path
 
+import hf_models
 import lightning as L
 import pytest
 import torch
+from helpers import CONFIGS, quiet_trainer, write_jsonl
+from hf_models import write_hf_model
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import hf_models  # noqa: E402
-from conftest import CONFIGS  # noqa: E402
-from hf_models import write_hf_model  # noqa: E402
-
-from lit_instruct import (  # noqa: E402
+from lit_instruct import (
     PPODataModule,
     PPOModule,
     RewardDataModule,
@@ -29,10 +26,10 @@ from lit_instruct import (  # noqa: E402
     SFTModule,
     TinyConfig,
 )
-from lit_instruct.data.prompt_format import DEFAULT_TEMPLATE, format_prompt  # noqa: E402
-from lit_instruct.models.causal_lm import load_tokenizer  # noqa: E402
-from lit_instruct.models.export import save_export  # noqa: E402
-from lit_instruct.objectives import lm_loss  # noqa: E402
+from lit_instruct.data.prompt_format import DEFAULT_TEMPLATE, format_prompt
+from lit_instruct.models.causal_lm import load_tokenizer
+from lit_instruct.models.export import save_export
+from lit_instruct.objectives import lm_loss
 
 FP16, BF16 = torch.float16, torch.bfloat16
 QA_TEMPLATE = "Q: {prompt}\nA:"
@@ -47,11 +44,6 @@ WORDS = "apple river stone cloud green quiet market winter paper garden window s
 def files(tmp_path_factory):
     """Small data files: demonstrations, rankings (K = 2 and K = 3), PPO prompts and pretraining text."""
     root = tmp_path_factory.mktemp("real_ckpt_data")
-
-    def jsonl(name, rows):
-        (root / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
-        return str(root / name)
-
     sft = [{"prompt": f"What is {i} plus {i}, in words about {WORDS[i % 12]}?",
             "response": f"It is {2 * i}: {i} and {i} make {2 * i}, like {WORDS[(i + 3) % 12]} and {WORDS[(i + 5) % 12]}."}
            for i in range(24)]
@@ -65,8 +57,8 @@ def files(tmp_path_factory):
     prompts = [{"prompt": f"Tell me about the {WORDS[i % 12]} and the {WORDS[(i * 7) % 12]} ({i})."} for i in range(40)]
     docs = [" ".join(WORDS[(i + j) % 12] for j in range(40 + i)) + f" {i}." for i in range(30)]
     (root / "pretrain.txt").write_text("\n\n".join(docs))
-    return {"sft": jsonl("sft.jsonl", sft), "rank": jsonl("rank.jsonl", rank), "prompts": jsonl("prompts.jsonl", prompts),
-            "pretrain": str(root / "pretrain.txt")}
+    return {"sft": write_jsonl(root / "sft.jsonl", sft), "rank": write_jsonl(root / "rank.jsonl", rank),
+            "prompts": write_jsonl(root / "prompts.jsonl", prompts), "pretrain": str(root / "pretrain.txt")}
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +90,9 @@ def rm_exports(hf, tmp_path_factory):
 
 
 def trainer(tmp_path, steps=1, **kwargs):
-    args = dict(accelerator="cpu", max_steps=steps, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
-                enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
-    return L.Trainer(**{**args, **kwargs})
+    args = dict(max_steps=steps, limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False,
+                default_root_dir=tmp_path)
+    return quiet_trainer(**{**args, **kwargs})
 
 
 def sft_data(files, **kwargs):

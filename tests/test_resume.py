@@ -5,33 +5,15 @@ and exports where the flag says; a second run into a used folder stops instead o
 import json
 import signal
 
-import lightning as L
 import pytest
 import torch
-from conftest import CONFIGS, run_cli
+from helpers import CONFIGS, run_cli
 from safetensors.torch import load_file
-
-from lit_instruct import RewardModel, SFTDataModule, SFTModule, TinyConfig
-from lit_instruct.models.export import save_export
-
-
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory, tokenizer):
-    tmp = tmp_path_factory.mktemp("resume_exports")
-    torch.manual_seed(0)
-    sft = SFTModule(tiny=TinyConfig(n_layer=1, n_embd=32, n_head=2, n_positions=128), num_sample_prompts=0,
-                    optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3), export_dir=str(tmp / "sft"))
-    L.Trainer(accelerator="cpu", max_steps=10, limit_val_batches=0, logger=False, enable_checkpointing=False,
-              enable_progress_bar=False, default_root_dir=tmp).fit(sft, SFTDataModule(batch_size=8, max_length=64))
-    rm = RewardModel.from_causal_lm(str(tmp / "sft"), tokenizer)
-    rm.reward_shift = 0.1
-    rm.normalization = {"shift": 0.1, "rows": 0}
-    save_export(rm, tokenizer, tmp / "rm", {"stage": "reward", "normalization": rm.normalization})
-    return tmp
 
 
 def ppo(exports, root, *flags):
-    """The tiny PPO-ptx config, shrunk: 4 prompts an iteration, 2 minibatches, a checkpoint every 2 iterations."""
+    """The tiny PPO-ptx config on the session's ``tiny_exports``, shrunk: 4 prompts an iteration, 2 minibatches, a
+    checkpoint every 2 iterations."""
     return run_cli("fit", *ppo_flags(exports, root, *flags), env={"PYTHONPATH": str(CONFIGS.parent / "tests")})
 
 
@@ -59,30 +41,30 @@ def val_metrics(export):
     return {k: v for k, v in metrics.items() if k.startswith(("val/", "objective/", "policy/", "episodes"))}
 
 
-def test_a_run_killed_mid_ppo_resumes_to_the_uninterrupted_result(exports, tmp_path):
-    whole = ppo(exports, tmp_path / "whole", "--model.total_episodes", "20")
+def test_a_run_killed_mid_ppo_resumes_to_the_uninterrupted_result(tiny_exports, tmp_path):
+    whole = ppo(tiny_exports, tmp_path / "whole", "--model.total_episodes", "20")
     assert whole.returncode == 0, whole.stderr[-3000:]
 
-    killed = ppo(exports, tmp_path / "killed", "--model.total_episodes", "20",
+    killed = ppo(tiny_exports, tmp_path / "killed", "--model.total_episodes", "20",
                  "--trainer.callbacks+=probes.KillAt", "--trainer.callbacks.episodes", "12")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not (tmp_path / "killed" / "export").exists()
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=False)["ppo_state"]["episodes"] == 8  # iteration 3 was lost with the process
 
-    resumed = ppo(exports, tmp_path / "killed", "--model.total_episodes", "20", "--ckpt_path", str(last))
+    resumed = ppo(tiny_exports, tmp_path / "killed", "--model.total_episodes", "20", "--ckpt_path", str(last))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = weights(tmp_path / "whole" / "export"), weights(tmp_path / "killed" / "export")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
     assert val_metrics(tmp_path / "whole" / "export") == val_metrics(tmp_path / "killed" / "export")
 
 
-def test_resume_with_a_larger_total_trains_on_and_exports_where_told(exports, tmp_path):
-    first = ppo(exports, tmp_path / "run", "--model.total_episodes", "8")
+def test_resume_with_a_larger_total_trains_on_and_exports_where_told(tiny_exports, tmp_path):
+    first = ppo(tiny_exports, tmp_path / "run", "--model.total_episodes", "8")
     assert first.returncode == 0, first.stderr[-3000:]
     meta = json.loads((tmp_path / "run" / "export" / "lit_instruct.json").read_text())
     assert meta["episodes"] == 8
-    more = ppo(exports, tmp_path / "run", "--model.total_episodes", "16", "--model.export_dir", str(tmp_path / "more"),
+    more = ppo(tiny_exports, tmp_path / "run", "--model.total_episodes", "16", "--model.export_dir", str(tmp_path / "more"),
                "--ckpt_path", str(tmp_path / "run" / "checkpoints" / "last.ckpt"))
     assert more.returncode == 0, more.stderr[-3000:]
     assert "model.total_episodes: 8 (checkpoint) -> 16 (now)" in more.stderr  # the printed summary of what differs
@@ -91,23 +73,23 @@ def test_resume_with_a_larger_total_trains_on_and_exports_where_told(exports, tm
     assert not (tmp_path / "run" / "checkpoints" / "last-v1.ckpt").exists()
 
 
-def test_a_second_run_into_a_used_folder_stops_and_overwrite_starts_over(exports, tmp_path):
-    first = ppo(exports, tmp_path / "run", "--model.total_episodes", "4")
+def test_a_second_run_into_a_used_folder_stops_and_overwrite_starts_over(tiny_exports, tmp_path):
+    first = ppo(tiny_exports, tmp_path / "run", "--model.total_episodes", "4")
     assert first.returncode == 0, first.stderr[-3000:]
-    second = ppo(exports, tmp_path / "run", "--model.total_episodes", "4")
+    second = ppo(tiny_exports, tmp_path / "run", "--model.total_episodes", "4")
     assert second.returncode == 2
     assert "already holds checkpoints of an earlier run" in second.stderr and "--ckpt_path" in second.stderr
     assert "Traceback" not in second.stderr  # one clear message
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["last.ckpt"]
     overlay = tmp_path / "overlay.yaml"  # as the pipeline and a sweep say it for the folders they own
     overlay.write_text("overwrite: true\n")
-    again = ppo(exports, tmp_path / "run", "--model.total_episodes", "4", "--config", str(overlay))
+    again = ppo(tiny_exports, tmp_path / "run", "--model.total_episodes", "4", "--config", str(overlay))
     assert again.returncode == 0, again.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["last.ckpt"]
 
 
-def test_checkpoints_and_export_follow_default_root_dir(exports, tmp_path):
-    result = ppo(exports, tmp_path / "elsewhere", "--model.total_episodes", "4")
+def test_checkpoints_and_export_follow_default_root_dir(tiny_exports, tmp_path):
+    result = ppo(tiny_exports, tmp_path / "elsewhere", "--model.total_episodes", "4")
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "elsewhere" / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "elsewhere" / "export" / "lit_instruct.json").is_file()

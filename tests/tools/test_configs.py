@@ -6,7 +6,7 @@ import io
 
 import pytest
 import yaml
-from conftest import CONFIGS
+from helpers import CONFIGS
 
 from lit_instruct.tools.cli import main, wandb_name_and_tags
 from lit_instruct.tools.configs import load_config

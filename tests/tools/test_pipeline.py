@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_cli
+from helpers import CONFIGS, run_cli
 
 from lit_instruct.tools.pipeline import STAGES, Pipeline, PipelineConfig
 
@@ -119,8 +119,6 @@ def test_unknown_pipeline_keys_are_refused(tmp_path):
 
 
 def test_pipeline_configs_in_the_repo_load():
-    from conftest import CONFIGS
-
     files = sorted((CONFIGS / "pipeline").glob("*.yaml"))
     assert files
     for file in files:

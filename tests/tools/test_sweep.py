@@ -6,7 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli
+from helpers import ROOT, run_cli
 
 from lit_instruct.tools.sweep import Sweep, SweepFileError, expand_command, load_sweep
 
@@ -86,23 +86,3 @@ def test_random_and_bayes_sweeps_need_a_run_budget(tmp_path):
     proposed = Sweep(path, tmp_path / "out", count=3, dry_run=True, check=False).run()
     values = [run["params"]["model.kl.kl_coef"] for run in proposed]
     assert len(values) == 3 and all(0.001 <= v <= 0.1 for v in values) and len(set(values)) == 3
-
-
-def test_the_study_reads_grouped_and_flat_coefficients(tmp_path):
-    """Exports of grouped-settings runs (``hparams.kl.kl_coef``) and of runs from before (flat ``kl_coef``) both count."""
-    import json
-
-    from lit_instruct.evaluation import HELD_OUT_METRICS
-    from lit_instruct.tools.study import gather
-
-    metrics = {key: 0.5 for key in HELD_OUT_METRICS.values()}
-    for name, hparams in (("grouped", {"kl": {"kl_coef": 0.2, "adaptive": True}, "ptx": {"ptx_coef": 1.0}}),
-                          ("flat", {"kl_coef": 0.02, "ptx_coef": 0.0}),
-                          ("defaults", {})):
-        (tmp_path / name / "export").mkdir(parents=True)
-        meta = {"stage": "ppo", "hparams": hparams, "metrics": metrics}
-        (tmp_path / name / "export" / "lit_instruct.json").write_text(json.dumps(meta))
-    rows = {r["run"]: r for r in gather(tmp_path)}
-    assert (rows["grouped"]["kl_coef"], rows["grouped"]["ptx_coef"], rows["grouped"]["adaptive_kl"]) == (0.2, 1.0, True)
-    assert (rows["flat"]["kl_coef"], rows["flat"]["ptx_coef"], rows["flat"]["adaptive_kl"]) == (0.02, 0.0, False)
-    assert (rows["defaults"]["kl_coef"], rows["defaults"]["ptx_coef"]) == (0.02, 27.8)  # the module's defaults

@@ -1,4 +1,5 @@
-"""PromptFormat: chat templates, the text template, message lists, format descriptions and the end-of-turn check."""
+"""The prompt format: format_prompt's single- and multi-turn text; PromptFormat: chat templates, the text template,
+message lists, format descriptions and the end-of-turn check."""
 
 import copy
 import warnings
@@ -88,6 +89,15 @@ def test_llama3_prompts(llama3):
     assert fmt.prompt(with_system).startswith(
         "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>")
     assert fmt.check_end_of_turn()
+
+
+def test_prompt_template_single_and_multi_turn():
+    assert format_prompt("Hi there") == "Human: Hi there\n\nAssistant:"
+    convo = "Human: hi\n\nAssistant: hello\n\nHuman: how are you?"
+    assert format_prompt(convo) == convo + "\n\nAssistant:"
+    assert format_prompt("x", "Q: {prompt}\nA:") == "Q: x\nA:"
+    with pytest.raises(ValueError, match="prompt"):
+        format_prompt("x", "no placeholder")
 
 
 def test_parse_conversation():

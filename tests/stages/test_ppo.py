@@ -5,41 +5,18 @@ import json
 import lightning as L
 import pytest
 import torch
-from conftest import CONFIGS, run_cli
+from helpers import CONFIGS, quiet_trainer, run_cli
 
-from lit_instruct import (
-    PPODataModule,
-    PPOModule,
-    RewardModel,
-    SFTDataModule,
-    SFTModule,
-    TinyConfig,
-)
+from lit_instruct import PPODataModule, PPOModule, RewardModel
 from lit_instruct.data.records import DataError
 from lit_instruct.models.export import read_metadata, save_export
 from lit_instruct.rollout import collate_prompts
 from lit_instruct.stages.ppo_settings import KLPenalty, PPOUpdate, PtxMix, Sampling
 
 
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory, tokenizer):
-    """A tiny SFT export (30 steps, so its distribution is peaked like a trained model's) and a normalised
-    reward-model export built from it."""
-    tmp = tmp_path_factory.mktemp("ppo_exports")
-    torch.manual_seed(0)
-    sft = SFTModule(tiny=TinyConfig(n_layer=1, n_embd=64, n_head=2, n_positions=128), num_sample_prompts=0,
-                    optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3), export_dir=str(tmp / "sft"))
-    L.Trainer(accelerator="cpu", max_steps=30, limit_val_batches=0, logger=False, enable_checkpointing=False,
-              enable_progress_bar=False, default_root_dir=tmp).fit(sft, SFTDataModule(batch_size=8, max_length=64))
-    rm = RewardModel.from_causal_lm(str(tmp / "sft"), tokenizer)
-    rm.reward_shift = 0.1
-    rm.normalization = {"shift": 0.1, "rows": 0}
-    save_export(rm, tokenizer, tmp / "rm", {"stage": "reward", "normalization": rm.normalization})
-    return tmp
-
-
 def make(exports, **kwargs):
-    """A small PPOModule; a settings group given as a dict is merged into this one's (``ptx={"ptx_coef": 0.0}``)."""
+    """A small PPOModule on the session's ``tiny_exports``; a settings group given as a dict is merged into this
+    one's (``ptx={"ptx_coef": 0.0}``)."""
     args = dict(policy_name_or_path=str(exports / "sft"), reward_model_path=str(exports / "rm"),
                 sampling={"max_new_tokens": 8}, ppo={"minibatch_size": 4}, ptx={"examples_per_episode": 1},
                 num_sample_prompts=2, warmup_steps=0, optimizer=lambda p: torch.optim.Adam(p, lr=1e-3, eps=1e-5))
@@ -56,14 +33,13 @@ def data(**kwargs):
 
 
 def trainer(tmp_path, iterations, **kwargs):
-    args = dict(accelerator="cpu", max_epochs=1, limit_train_batches=iterations, limit_val_batches=1,
-                val_check_interval=iterations, num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
-                default_root_dir=tmp_path)
-    return L.Trainer(**{**args, **kwargs})
+    args = dict(max_epochs=1, limit_train_batches=iterations, limit_val_batches=1, val_check_interval=iterations,
+                num_sanity_val_steps=0, default_root_dir=tmp_path)
+    return quiet_trainer(**{**args, **kwargs})
 
 
-def test_trainable_weights_change_and_frozen_ones_do_not(exports, tmp_path):
-    module = make(exports)
+def test_trainable_weights_change_and_frozen_ones_do_not(tiny_exports, tmp_path):
+    module = make(tiny_exports)
     before = {k: v.clone() for k, v in module.state_dict().items()}
     trainer(tmp_path, 2, enable_checkpointing=False).fit(module, data())
     after = module.state_dict()
@@ -81,22 +57,22 @@ def test_trainable_weights_change_and_frozen_ones_do_not(exports, tmp_path):
     assert float(metrics["ptx/loss"]) > 0
 
 
-def test_plain_ppo_has_no_ptx_term(exports, tmp_path):
-    module = make(exports, ptx={"ptx_coef": 0.0})
+def test_plain_ppo_has_no_ptx_term(tiny_exports, tmp_path):
+    module = make(tiny_exports, ptx={"ptx_coef": 0.0})
     trainer(tmp_path, 1, enable_checkpointing=False).fit(module, data())
     assert float(module.trainer.callback_metrics["ptx/loss"]) == 0.0
 
 
-def test_resume_restores_the_ppo_state(exports, tmp_path):
+def test_resume_restores_the_ppo_state(tiny_exports, tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)
-    module = make(exports, kl=KLPenalty(kl_coef=0.1, adaptive=True, target=0.01, horizon=50))
+    module = make(tiny_exports, kl=KLPenalty(kl_coef=0.1, adaptive=True, target=0.01, horizon=50))
     dm = data()
     trainer(tmp_path, 2, callbacks=[ckpt]).fit(module, dm)
     assert module.kl_controller.value != 0.1  # the controller moved
     state = torch.load(tmp_path / "ck" / "last.ckpt", weights_only=False)
-    resumed, dm2 = make(exports, kl=KLPenalty(kl_coef=0.1, adaptive=True, target=0.01, horizon=50)), data()
+    resumed, dm2 = make(tiny_exports, kl=KLPenalty(kl_coef=0.1, adaptive=True, target=0.01, horizon=50)), data()
     t2 = trainer(tmp_path, 3, enable_checkpointing=False)
     t2.fit(resumed, dm2, ckpt_path=tmp_path / "ck" / "last.ckpt")
     assert state["ppo_state"]["episodes"] == 16 and resumed.episodes == 24
@@ -123,9 +99,9 @@ class TokenShareReward(torch.nn.Module):
         return 10 * ((ids == self.token_id) & mask).float().sum(1) / mask.sum(1).clamp(min=1)
 
 
-def test_score_rises_and_kl_grows_with_an_easy_reward(exports, tmp_path):
+def test_score_rises_and_kl_grows_with_an_easy_reward(tiny_exports, tmp_path):
     torch.manual_seed(0)
-    module = make(exports, ptx={"ptx_coef": 0.0}, missing_eos_penalty=None, kl={"kl_coef": 0.01},
+    module = make(tiny_exports, ptx={"ptx_coef": 0.0}, missing_eos_penalty=None, kl={"kl_coef": 0.01},
                   ppo={"minibatch_size": 8, "ppo_epochs": 2}, optimizer=lambda p: torch.optim.Adam(p, lr=3e-3, eps=1e-5))
     dm = data(rollout_batch_size=16)
     dm.connect(module.tokenizer)
@@ -147,36 +123,36 @@ def test_score_rises_and_kl_grows_with_an_easy_reward(exports, tmp_path):
     assert sum(kls[-3:]) / 3 > sum(kls[:3]) / 3 + 1.0, kls
 
 
-def test_bad_inputs_stop_before_training(exports, tmp_path, tokenizer):
+def test_bad_inputs_stop_before_training(tiny_exports, tmp_path, tokenizer):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(DataError, match="empty.jsonl:1: file is empty"):
-        trainer(tmp_path, 1).fit(make(exports), data(prompts_file=str(empty)))
+        trainer(tmp_path, 1).fit(make(tiny_exports), data(prompts_file=str(empty)))
     long = tmp_path / "long.jsonl"
     long.write_text(json.dumps({"prompt": "word " * 200}) + "\n" + "".join(json.dumps({"prompt": f"q{i}"}) + "\n" for i in range(40)))
     with pytest.raises(DataError, match=r"long.jsonl:1: prompt is \d+ tokens, longer than max_prompt_tokens=48"):
-        trainer(tmp_path, 1).fit(make(exports), data(prompts_file=str(long), overlong="error"))
+        trainer(tmp_path, 1).fit(make(tiny_exports), data(prompts_file=str(long), overlong="error"))
     # Prompt room plus response length beyond the context.
     with pytest.raises(ValueError, match=r"max_prompt_tokens \(121\) \+ model.sampling.max_new_tokens \(8\) = 129 tokens exceed the 128-token context"):
-        trainer(tmp_path, 1).fit(make(exports), data(max_prompt_tokens=121))
+        trainer(tmp_path, 1).fit(make(tiny_exports), data(max_prompt_tokens=121))
     # A reward model without its normalisation.
-    raw = RewardModel.from_causal_lm(str(exports / "sft"), tokenizer)
+    raw = RewardModel.from_causal_lm(str(tiny_exports / "sft"), tokenizer)
     save_export(raw, tokenizer, tmp_path / "raw_rm", {"stage": "reward", "normalization": None})
     with pytest.raises(ValueError, match="has no normalisation"):
-        make(exports, reward_model_path=str(tmp_path / "raw_rm"))
+        make(tiny_exports, reward_model_path=str(tmp_path / "raw_rm"))
     # A reward model whose tokenizer is not the policy's.
     from lit_instruct.models.causal_lm import train_embedded_tokenizer
 
     other = train_embedded_tokenizer(4000)
-    other_rm = RewardModel.from_causal_lm(str(exports / "sft"), tokenizer)
+    other_rm = RewardModel.from_causal_lm(str(tiny_exports / "sft"), tokenizer)
     other_rm.normalization = {"shift": 0.0}
     save_export(other_rm, other, tmp_path / "other_rm", {"stage": "reward", "normalization": {"shift": 0.0}})
     with pytest.raises(ValueError, match="mismatched tokenizers"):
-        make(exports, reward_model_path=str(tmp_path / "other_rm"))
+        make(tiny_exports, reward_model_path=str(tmp_path / "other_rm"))
 
 
-def test_ema_weights_are_exported(exports, tmp_path):
-    module = make(exports, ema_decay=0.5, export_dir=str(tmp_path / "export"))
+def test_ema_weights_are_exported(tiny_exports, tmp_path):
+    module = make(tiny_exports, ema_decay=0.5, export_dir=str(tmp_path / "export"))
     trainer(tmp_path, 1, enable_checkpointing=False, limit_val_batches=0).fit(module, data())
     from transformers import AutoModelForCausalLM
 
@@ -187,10 +163,10 @@ def test_ema_weights_are_exported(exports, tmp_path):
     assert torch.equal(exported[key], ema[key]) and not torch.equal(exported[key], live[key])
 
 
-def test_cli_ppo_ptx_tiny_config(exports, tmp_path):
+def test_cli_ppo_ptx_tiny_config(tiny_exports, tmp_path):
     done = run_cli(
         "fit", "--config", str(CONFIGS / "ppo" / "tiny.yaml"),
-        "--model.policy_name_or_path", str(exports / "sft"), "--model.reward_model_path", str(exports / "rm"),
+        "--model.policy_name_or_path", str(tiny_exports / "sft"), "--model.reward_model_path", str(tiny_exports / "rm"),
         "--model.total_episodes", "32", "--trainer.val_check_interval", "2", "--data.max_val_prompts", "4",
         "--data.max_prompt_tokens", "64", "--model.sampling.max_new_tokens", "16", "--model.kl.kl_coef", "0.05",
         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path),
@@ -206,29 +182,29 @@ def test_cli_ppo_ptx_tiny_config(exports, tmp_path):
 
 
 @pytest.mark.parametrize("bits", ["8bit", "4bit"])
-def test_frozen_models_load_quantized(exports, tmp_path, bits):
+def test_frozen_models_load_quantized(tiny_exports, tmp_path, bits):
     pytest.importorskip("bitsandbytes")
-    module = make(exports, frozen_quantization=bits)
+    module = make(tiny_exports, frozen_quantization=bits)
     assert any("Linear8bitLt" in type(m).__name__ or "Linear4bit" in type(m).__name__ for m in module.reference.modules())
     assert any("Linear8bitLt" in type(m).__name__ or "Linear4bit" in type(m).__name__ for m in module.reward_model.modules())
     trainer(tmp_path, 1, enable_checkpointing=False, limit_val_batches=0).fit(module, data())
     assert module.episodes == 8
 
 
-def test_gradient_checkpointing_of_policy_and_critic(exports, tmp_path):
-    module = make(exports, gradient_checkpointing=True)
+def test_gradient_checkpointing_of_policy_and_critic(tiny_exports, tmp_path):
+    module = make(tiny_exports, gradient_checkpointing=True)
     assert module.policy.is_gradient_checkpointing and module.critic.backbone.is_gradient_checkpointing
     trainer(tmp_path, 1, enable_checkpointing=False, limit_val_batches=0).fit(module, data())
     assert module.episodes == 8
 
 
-def test_settings_groups_take_dataclasses_or_dicts(exports):
-    module = make(exports, sampling=Sampling(max_new_tokens=5, temperature=0.7), ppo=PPOUpdate(minibatch_size=2),
+def test_settings_groups_take_dataclasses_or_dicts(tiny_exports):
+    module = make(tiny_exports, sampling=Sampling(max_new_tokens=5, temperature=0.7), ppo=PPOUpdate(minibatch_size=2),
                   kl={"kl_coef": 0.3}, ptx=PtxMix(ptx_coef=0.0))
     assert module.sampling == Sampling(max_new_tokens=5, temperature=0.7) and module.ppo.minibatch_size == 2
     assert module.kl == KLPenalty(kl_coef=0.3) and module.kl_controller.value == 0.3
     assert module.max_new_tokens == 5 and not module.uses_ptx
-    assert make(exports, ptx={"examples_per_episode": 0}).uses_ptx is False and make(exports).uses_ptx
+    assert make(tiny_exports, ptx={"examples_per_episode": 0}).uses_ptx is False and make(tiny_exports).uses_ptx
 
 
 FLAT_HPARAMS = {  # the hyper-parameters of a checkpoint written before PPO's settings were grouped
@@ -252,13 +228,13 @@ def test_flat_hparams_of_an_old_checkpoint_map_onto_the_groups():
     assert PPOModule.upgrade_hparams(grouped) == grouped  # grouped ones come back as they are
 
 
-def test_a_checkpoint_of_the_flat_argument_module_still_exports(exports, tmp_path):
+def test_a_checkpoint_of_the_flat_argument_module_still_exports(tiny_exports, tmp_path):
     from lit_instruct.tools.checkpoints import export_checkpoint
 
-    module = make(exports)
+    module = make(tiny_exports)
     with torch.no_grad():
         module.policy.lm_head.weight.add_(0.01)  # weights that differ from the SFT export's
-    hparams = {**FLAT_HPARAMS, "policy_name_or_path": str(exports / "sft"), "reward_model_path": str(exports / "rm"),
+    hparams = {**FLAT_HPARAMS, "policy_name_or_path": str(tiny_exports / "sft"), "reward_model_path": str(tiny_exports / "rm"),
                "export_dir": None, "optimizer": torch.optim.Adam}  # an optimizer saved as code: not loaded
     ckpt = {"lit_instruct": {"class_path": "lit_instruct.ppo_ptx.PPOPtxModule", "stage": "ppo_ptx"},
             "state_dict": module.state_dict(), "hyper_parameters": hparams,
@@ -277,12 +253,12 @@ def test_a_checkpoint_of_the_flat_argument_module_still_exports(exports, tmp_pat
     assert torch.equal(exported[key], module.policy.state_dict()[key])
 
 
-def test_settings_groups_load_with_weights_only(exports, tmp_path):
+def test_settings_groups_load_with_weights_only(tiny_exports, tmp_path):
     """Built in Python, the module saves its groups as plain dicts (as a config gives them), so its checkpoints load
     with ``weights_only`` (a resume too); a checkpoint that holds the dataclasses themselves loads safely as well."""
     from lit_instruct.tools.checkpoints import safe_load
 
-    module = make(exports, kl=KLPenalty(kl_coef=0.04), sampling=Sampling(max_new_tokens=6))
+    module = make(tiny_exports, kl=KLPenalty(kl_coef=0.04), sampling=Sampling(max_new_tokens=6))
     assert module.hparams["kl"] == vars(KLPenalty(kl_coef=0.04)) and module.hparams["sampling"]["max_new_tokens"] == 6
     groups = {"sampling": Sampling(max_new_tokens=6), "ppo": PPOUpdate(), "kl": KLPenalty(kl_coef=0.04), "ptx": PtxMix()}
     torch.save({"hyper_parameters": groups, "state_dict": {}}, tmp_path / "groups.ckpt")

@@ -5,7 +5,7 @@ import json
 import lightning as L
 import pytest
 import torch
-from conftest import CONFIGS, run_cli, tiny_overrides
+from helpers import CONFIGS, quiet_trainer, run_cli, tiny_overrides
 from lightning.pytorch.loggers import CSVLogger
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -34,14 +34,12 @@ def trained(tmp_path_factory):
     )
     data = SFTDataModule(batch_size=8, max_length=128)
     losses = ValLosses()
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=60,
         val_check_interval=15,
         limit_val_batches=4,
         num_sanity_val_steps=0,
         enable_checkpointing=False,
-        enable_progress_bar=False,
         logger=CSVLogger(tmp),
         callbacks=[losses],
         default_root_dir=tmp,
@@ -137,9 +135,8 @@ def test_sft_model_selection_by_reward_model_score(tmp_path, tokenizer):
     save_export(rm, tokenizer, tmp_path / "rm", {"stage": "reward", "normalization": rm.normalization})
     select = RewardModelSelection(str(tmp_path / "rm"), num_prompts=4, max_new_tokens=6)
     module = SFTModule(optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3), export_dir=str(tmp_path / "export"), num_sample_prompts=0)
-    trainer = L.Trainer(accelerator="cpu", max_steps=9, val_check_interval=3, limit_val_batches=1, num_sanity_val_steps=0,
-                        enable_checkpointing=False, enable_progress_bar=False, logger=False, default_root_dir=tmp_path,
-                        callbacks=[select])
+    trainer = quiet_trainer(max_steps=9, val_check_interval=3, limit_val_batches=1, num_sanity_val_steps=0,
+                            enable_checkpointing=False, default_root_dir=tmp_path, callbacks=[select])
     trainer.fit(module, SFTDataModule(batch_size=4, max_length=64))
     assert len(select.scores) == 3 and select.best_score == max(select.scores)
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "export").state_dict()

@@ -1,21 +1,17 @@
-"""SFT data: templates, masks, truncation, splits, licences, and every bad-input case."""
+"""SFT data: masks, truncation, splits, licences, and every bad-input case."""
 
 import json
 import math
 
 import pytest
 import torch
+from helpers import write_jsonl
 
 from lit_instruct.data.batching import LMCollator
 from lit_instruct.data.demonstrations import SFTDataModule, encode_demonstration
 from lit_instruct.data.prompt_format import format_prompt
 from lit_instruct.data.records import DataError
 from lit_instruct.objectives import IGNORE_INDEX, lm_loss
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return str(path)
 
 
 def good_rows(n=40):
@@ -27,15 +23,6 @@ def make_dm(tokenizer, train_file, max_length=64, **kwargs):
     dm.connect(tokenizer, max_length)
     dm.prepare()
     return dm
-
-
-def test_prompt_template_single_and_multi_turn():
-    assert format_prompt("Hi there") == "Human: Hi there\n\nAssistant:"
-    convo = "Human: hi\n\nAssistant: hello\n\nHuman: how are you?"
-    assert format_prompt(convo) == convo + "\n\nAssistant:"
-    assert format_prompt("x", "Q: {prompt}\nA:") == "Q: x\nA:"
-    with pytest.raises(ValueError, match="prompt"):
-        format_prompt("x", "no placeholder")
 
 
 def test_encode_masks_the_prompt_and_ends_with_eos(tokenizer):
@@ -137,16 +124,3 @@ def test_all_bad_rows_are_reported_together(tokenizer, tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", ['{"prompt": "a"}'] * 12)
     with pytest.raises(DataError, match=r"12 problem\(s\)(.|\n)*and 2 more"):
         make_dm(tokenizer, path)
-
-
-def test_tokenizer_without_pad_token_gets_eos(tmp_path):
-    from transformers import AutoTokenizer
-
-    from lit_instruct.models.causal_lm import load_tokenizer, train_embedded_tokenizer
-
-    tok = train_embedded_tokenizer(300)
-    tok.pad_token = None  # as GPT-2, Pythia and Llama-3 tokenizers ship
-    tok.save_pretrained(tmp_path / "tok")
-    assert AutoTokenizer.from_pretrained(tmp_path / "tok").pad_token is None
-    loaded = load_tokenizer(str(tmp_path / "tok"))
-    assert loaded.pad_token == loaded.eos_token

@@ -3,45 +3,13 @@
 import json
 
 import pytest
+from helpers import ROWS, only_rows, validate, write_csv, write_jsonl, write_parquet
 
-from lit_instruct.data.problems import DataError, Problem, RowNumber
-from lit_instruct.data.records import check_columns, check_text_fields, read_rows
+from lit_instruct.data.problems import DataError, RowNumber
+from lit_instruct.data.records import read_rows
 
 datasets = pytest.importorskip("datasets")
-
-ROWS = [
-    {"prompt": f"Question {i}, with a comma and \"quotes\"?", "response": f"Answer {i}.\nSecond line.", "source": "test"}
-    for i in range(1, 7)
-]
-
-
-def validate(row):
-    return check_text_fields(row, ("prompt", "response"))
-
-
-@pytest.fixture(autouse=True)
-def _datasets_cache(tmp_path, monkeypatch):
-    """Keep the Arrow cache that load_dataset writes under the test's directory."""
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def write_parquet(path, rows):
-    datasets.Dataset.from_list(rows).to_parquet(str(path))
-    return path
-
-
-def write_csv(path, rows):
-    datasets.Dataset.from_list(rows).to_csv(str(path), index=False)
-    return path
-
-
-def only_rows(result):
-    return [row for _, row in result]
+pytestmark = pytest.mark.usefixtures("datasets_cache")
 
 
 def test_every_format_gives_the_same_rows(tmp_path):
@@ -79,50 +47,6 @@ def test_values_come_back_as_plain_python(tmp_path):
     assert result == rows
     got = result[0]
     assert type(got["completions"]) is list and type(got["ranking"][0]) is int and type(got["ok"]) is bool
-
-
-def test_columns_are_renamed_before_validation(tmp_path):
-    theirs = [{"question": r["prompt"], "answer": r["response"], "prompt": "unused", "extra": "x"} for r in ROWS]
-    expected = [{"prompt": r["prompt"], "response": r["response"], "extra": "x"} for r in ROWS]
-    columns = {"prompt": "question", "response": "answer"}
-    for path in (write_jsonl(tmp_path / "t.jsonl", theirs), write_parquet(tmp_path / "t.parquet", theirs)):
-        assert only_rows(read_rows(path, validate, columns=columns)) == expected, path
-
-
-@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
-def test_missing_mapped_column_names_file_and_columns(tmp_path, suffix):
-    path = tmp_path / f"t{suffix}"
-    (write_jsonl if suffix == ".jsonl" else write_parquet)(path, [{"question": "q", "output": "a"}])
-    with pytest.raises(DataError) as err:
-        read_rows(path, validate, columns={"prompt": "question", "response": "answer"})
-    message = str(err.value)
-    assert message == f"{path}: column 'answer' (for 'response') not found; the columns are: 'question', 'output'"
-
-
-def test_unknown_field_in_columns_is_a_value_error():
-    check_columns({"prompt": "question"}, {"prompt", "response"})
-    check_columns(None, {"prompt"})
-    with pytest.raises(ValueError, match=r"unknown field 'promt' \(did you mean 'prompt'\?\)"):
-        check_columns({"promt": "question"}, {"prompt", "response"})
-
-
-def test_bad_parquet_rows_are_reported_together_by_row(tmp_path):
-    rows = [dict(r) for r in ROWS]
-    rows[2]["prompt"] = None
-    rows[4]["response"] = ""
-    path = write_parquet(tmp_path / "bad.parquet", rows)
-    with pytest.raises(DataError) as err:
-        read_rows(path, validate)
-    message = str(err.value)
-    assert message.startswith(f"2 problem(s) in {path}:")
-    assert f"{path}:row 3: field 'prompt' must be a string, got NoneType" in message
-    assert f"{path}:row 5: field 'response' is empty" in message
-
-
-def test_problem_unit():
-    assert str(Problem("f.jsonl", 3, "bad")) == "f.jsonl:3: bad"
-    assert str(Problem("f.parquet", 3, "bad", "row")) == "f.parquet:row 3: bad"
-    assert str(Problem("f.parquet", RowNumber(3), "bad")) == "f.parquet:row 3: bad"
 
 
 def offline(monkeypatch):

@@ -1,19 +1,19 @@
-"""Exports never destroy what is not an export; checkpoints load with weights_only and never run code."""
+"""Checkpoint -> export (`lit-instruct export`): checkpoints load with weights_only and never run code, damaged or
+missing ones are named in one line, old ones still export, and the export never lands on a folder of user files."""
 
 import functools
 import os
 import pathlib
 import sys
 
-import lightning as L
 import pytest
 import torch
-from conftest import run_cli
+from helpers import quiet_trainer, run_cli, tree, user_folder
 from lightning.pytorch.callbacks import ModelCheckpoint
 from safetensors.torch import load_file
 
 from lit_instruct import SFTDataModule, SFTModule, TinyConfig
-from lit_instruct.models.export import ExportError, read_metadata, save_export
+from lit_instruct.models.export import read_metadata
 from lit_instruct.tools.checkpoints import (
     CheckpointError,
     _weights_only_everywhere,
@@ -21,24 +21,6 @@ from lit_instruct.tools.checkpoints import (
 )
 
 TINY = TinyConfig(n_layer=1, n_embd=32, n_head=2, n_positions=64)
-
-
-def tree(root: pathlib.Path) -> dict:
-    """Every path under ``root`` with its bytes (``None`` for directories)."""
-    return {str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes()) for p in sorted(root.rglob("*"))}
-
-
-def user_folder(path: pathlib.Path) -> pathlib.Path:
-    (path / "sub").mkdir(parents=True)
-    (path / "notes.txt").write_text("my own notes\n")
-    (path / "sub" / "data.bin").write_bytes(b"\x00\x01" * 100)
-    return path
-
-
-@pytest.fixture(scope="module")
-def model_and_tokenizer(tokenizer):
-    torch.manual_seed(0)
-    return SFTModule(tiny=TINY, num_sample_prompts=0).model, tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -49,83 +31,12 @@ def trained(tmp_path_factory):
     torch.manual_seed(0)
     module = SFTModule(tiny=TINY, num_sample_prompts=0, export_dir=str(tmp / "export"),
                        optimizer=functools.partial(torch.optim.AdamW, lr=1e-3))
-    L.Trainer(accelerator="cpu", max_steps=2, limit_val_batches=0, logger=False, enable_progress_bar=False,
-              callbacks=[ModelCheckpoint(dirpath=tmp / "checkpoints", save_last=True)],
-              default_root_dir=tmp).fit(module, SFTDataModule(batch_size=4, max_length=64))
+    quiet_trainer(max_steps=2, limit_val_batches=0, callbacks=[ModelCheckpoint(dirpath=tmp / "checkpoints", save_last=True)],
+                  default_root_dir=tmp).fit(module, SFTDataModule(batch_size=4, max_length=64))
     return tmp
 
 
-# ------------------------------------------------------------------------------------------- exports never destroy
-@pytest.mark.parametrize("kind", ["user-files", "metadata-without-stage", "a-file"])
-def test_export_over_something_not_an_export_is_refused(model_and_tokenizer, tmp_path, kind):
-    model, tokenizer = model_and_tokenizer
-    out = tmp_path / "target"
-    if kind == "user-files":
-        user_folder(out)
-    elif kind == "metadata-without-stage":
-        user_folder(out)
-        (out / "lit_instruct.json").write_text("{}\n")
-    else:
-        out.write_text("a file of mine\n")
-    before = tree(tmp_path)
-    with pytest.raises(ExportError, match=rf"{out}: exists and is not"):
-        save_export(model, tokenizer, out, {"stage": "sft"})
-    assert tree(tmp_path) == before  # nothing touched, nothing written beside it
-
-
-def test_empty_directory_is_used(model_and_tokenizer, tmp_path):
-    model, tokenizer = model_and_tokenizer
-    (tmp_path / "export").mkdir()
-    save_export(model, tokenizer, tmp_path / "export", {"stage": "sft"})
-    assert read_metadata(tmp_path / "export")["stage"] == "sft"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
-
-
-def test_an_earlier_export_is_replaced(model_and_tokenizer, tmp_path):
-    model, tokenizer = model_and_tokenizer
-    save_export(model, tokenizer, tmp_path / "export", {"stage": "sft", "run": 1})
-    (tmp_path / "export" / "stale.txt").write_text("from the first export\n")
-    save_export(model, tokenizer, tmp_path / "export", {"stage": "sft", "run": 2})
-    assert read_metadata(tmp_path / "export")["run"] == 2
-    assert not (tmp_path / "export" / "stale.txt").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
-
-
-def test_a_crash_while_writing_leaves_the_old_export_whole(model_and_tokenizer, tmp_path, monkeypatch):
-    model, tokenizer = model_and_tokenizer
-    save_export(model, tokenizer, tmp_path / "export", {"stage": "sft", "run": 1})
-    before = tree(tmp_path)
-
-    def half_written(directory, **kwargs):
-        (pathlib.Path(directory) / "model.safetensors").write_bytes(b"half a file")
-        raise RuntimeError("disk full")
-
-    monkeypatch.setattr(model, "save_pretrained", half_written)
-    with pytest.raises(RuntimeError, match="disk full"):
-        save_export(model, tokenizer, tmp_path / "export", {"stage": "sft", "run": 2})
-    assert tree(tmp_path) == before  # the old export as it was, no temporary directory left
-
-
-def test_a_failed_swap_puts_the_old_export_back(model_and_tokenizer, tmp_path, monkeypatch):
-    """The old export is renamed aside before the new one is renamed in: if that rename fails, the old comes back
-    (deleting the old export first, then renaming, loses it)."""
-    model, tokenizer = model_and_tokenizer
-    out = tmp_path / "export"
-    save_export(model, tokenizer, out, {"stage": "sft", "run": 1})
-    before = tree(tmp_path)
-    rename = pathlib.Path.rename
-
-    def failing_rename(self, target):
-        if pathlib.Path(target) == out and ".old-" not in self.name:  # the new export, renamed into place
-            raise OSError("rename failed")
-        return rename(self, target)
-
-    monkeypatch.setattr(pathlib.Path, "rename", failing_rename)
-    with pytest.raises(OSError, match="rename failed"):
-        save_export(model, tokenizer, out, {"stage": "sft", "run": 2})
-    assert tree(tmp_path) == before
-
-
+# ------------------------------------------------------------------------------------------- never over user files
 def test_cli_export_into_a_folder_of_user_files_is_refused(trained, tmp_path):
     out = user_folder(tmp_path / "mine")
     before = tree(out)
@@ -278,29 +189,6 @@ def test_cli_damaged_checkpoint_is_one_line_naming_it(trained, tmp_path):
 def test_missing_checkpoint_is_named(tmp_path):
     with pytest.raises(CheckpointError, match=rf"{tmp_path / 'nope.ckpt'}: checkpoint not found"):
         export_checkpoint(tmp_path / "nope.ckpt", tmp_path / "out")
-
-
-def test_fit_refuses_a_foreign_export_directory_before_training(tmp_path):
-    """The export is written at the end of fit; a directory it may not replace is refused at setup, before any step."""
-    import lightning as L
-
-    from lit_instruct import SFTDataModule, SFTModule, TinyConfig
-    from lit_instruct.models.export import ExportError
-
-    mine = tmp_path / "mine"
-    mine.mkdir()
-    (mine / "notes.txt").write_text("my own files")
-    steps = []
-
-    class Count(L.Callback):
-        def on_train_batch_start(self, *args):
-            steps.append(1)
-
-    module = SFTModule(tiny=TinyConfig(n_layer=1, n_embd=32, n_head=2, n_positions=64), num_sample_prompts=0, export_dir=str(mine))
-    with pytest.raises(ExportError, match="not a lit-instruct export"):
-        L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                  callbacks=[Count()], default_root_dir=tmp_path).fit(module, SFTDataModule(batch_size=2, max_length=32))
-    assert not steps and (mine / "notes.txt").read_text() == "my own files"
 
 
 def test_a_checkpoint_written_before_the_redesign_still_exports(tmp_path):
