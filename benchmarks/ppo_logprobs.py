@@ -106,7 +106,7 @@ class Models:
         self.parameters = sum(p.numel() for p in self.policy.parameters())
 
     def reset(self):
-        """Back to the starting weights, with a fresh optimizer (as ``stages.ppo.ppo_optimizer``: Adam, lr 1e-5, eps 1e-5;
+        """Back to the starting weights, with a fresh optimizer (as ``stages.ppo_models.ppo_optimizer``: Adam, lr 1e-5, eps 1e-5;
         not imported from there, which would import Lightning for nothing)."""
         import torch
 

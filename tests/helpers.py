@@ -127,3 +127,16 @@ def user_folder(path: Path) -> Path:
     (path / "notes.txt").write_text("my own notes\n")
     (path / "sub" / "data.bin").write_bytes(b"\x00\x01" * 100)
     return path
+
+
+def gained_reward_model(sft: Path, out: Path, rows: int = 24, max_new_tokens: int = 8) -> Path:
+    """A reward-model export at ``out`` from the SFT export ``sft`` (untrained head), normalised with the gain from
+    ``sft``'s samples (unit std) and the shift from demonstrations: a reward model on the scale PPO expects."""
+    from lit_instruct import RewardDataModule, RewardModule
+    from lit_instruct.stages.reward import RewardGain
+
+    module = RewardModule(str(sft), gain=RewardGain(policy=str(sft), max_new_tokens=max_new_tokens, batch_size=8))
+    data = RewardDataModule(max_length=128, normalization_rows=rows)
+    data.connect(module.tokenizer, 128)
+    module.normalize(data.demonstrations(), data.policy_prompts())
+    return module.export(out)

@@ -121,7 +121,8 @@ def test_every_stage_on_a_real_architecture(family, setting, small_data, tmp_pat
              "--trainer.max_steps", "2", "--trainer.val_check_interval", "1", "--trainer.limit_val_batches", "1",
              "--data.train_file", small_data["rank"], "--data.val_fraction", "0.2", "--data.max_length", "96",
              "--data.batch_size", "2", "--data.demonstrations_file", small_data["sft"], "--data.normalization_rows", "8",
-             root=tmp_path / "rm-run")
+             "--model.gain.policy", str(tmp_path / "sft"), "--model.gain.max_new_tokens", "4",
+             "--data.policy_prompts_file", small_data["prompts"], root=tmp_path / "rm-run")
     record = probe_of(rm)
     assert_trained_and_frozen_modes(record)
     assert record["recomputed_layer_calls"] >= record["backward_passes"] > 0
@@ -133,6 +134,7 @@ def test_every_stage_on_a_real_architecture(family, setting, small_data, tmp_pat
     assert seq_cls.config.num_labels == 1 and seq_cls.config.reward_normalization["shift"] == shift  # exactly
     reloaded = RewardModel.from_pretrained(tmp_path / "rm")
     assert reloaded.reward_shift == shift
+    assert rm.model.reward_model.normalization["gain"] > 0 and reloaded.reward_gain == 1.0  # folded into the head
     assert reloaded.format_description() == recorded_format
     assert torch.isfinite(reloaded.score(["Say hi.", "Name a colour."], ["Hi!", "Blue."])).all()
 

@@ -58,7 +58,8 @@ def zero_reward_runs(zero_runs, tmp_path_factory):
         done = run_cli(
             "fit", "--config", str(CONFIGS / "reward" / "tiny.yaml"), "--config", str(CONFIGS / "trainer" / f"cpu_zero{stage}.yaml"),
             *tiny_overrides(tmp, samples=False), "--model.model_name_or_path", str(zero_runs[stage] / "export"),
-            "--data.normalization_rows", "16", "--data.batch_size", "2", timeout=900,
+            "--data.normalization_rows", "16", "--data.batch_size", "2", "--model.gain.policy", str(zero_runs[stage] / "export"),
+            "--model.gain.max_new_tokens", "4", timeout=900,
         )
         assert done.returncode == 0, done.stderr[-4000:]
         runs[stage] = tmp
@@ -71,7 +72,7 @@ def test_reward_model_trains_under_zero_and_its_checkpoint_converts(zero_reward_
 
     tmp = zero_reward_runs[stage]
     rm = RewardModel.from_pretrained(tmp / "export")
-    assert rm.normalization["rows"] == 16
+    assert rm.normalization["rows"] == 16 and rm.normalization["policy_samples"] == 16 and rm.normalization["gain"] > 0
     converted = run_cli("export", str(tmp / "checkpoints" / "last.ckpt"), "--out", str(tmp / "converted"))
     assert converted.returncode == 0, converted.stderr[-3000:]
     again = RewardModel.from_pretrained(tmp / "converted")  # re-normalised from the checkpoint's data settings

@@ -149,7 +149,11 @@ class RewardDataModule(PromptDataModule):
         batch_size: Prompts per batch (pairs in ``shuffled_pairs`` mode), per process.
         demonstrations_file: SFT demonstrations whose mean reward is set to 0 after training (the paper's
             normalisation); ``None`` skips it, and PPO will refuse the export.
-        normalization_rows: How many demonstrations (a fixed, hash-ordered subset) to average over.
+        normalization_rows: How many demonstrations (a fixed, hash-ordered subset) to average over, and how many
+            prompts of ``policy_prompts_file`` the starting policy answers for the gain.
+        policy_prompts_file: ``{"prompt"}`` rows (PPO's prompts, ``bundled:prompts.jsonl``) that the starting policy
+            answers after training; the normalisation's gain makes the scores of those samples unit-variance (only
+            when the module has ``gain.policy``; then this file is required).
         num_workers: DataLoader workers.
         tokenizer_name_or_path: Tokenizer; ``None`` takes the model's.
     """
@@ -174,6 +178,7 @@ class RewardDataModule(PromptDataModule):
         batch_size: int = 8,
         demonstrations_file: Optional[str] = "bundled:sft.jsonl",
         normalization_rows: int = 256,
+        policy_prompts_file: Optional[str] = "bundled:prompts.jsonl",
         num_workers: int = 0,
         tokenizer_name_or_path: Optional[str] = None,
     ) -> None:
@@ -188,6 +193,7 @@ class RewardDataModule(PromptDataModule):
         self.train_groups: list[dict] = []
         self.val_groups: list[dict] = []
         self._demonstrations: Optional[list[tuple[str, str]]] = None
+        self._policy_prompts: Optional[list] = None
 
     def encode(self, row: dict, fmt: PromptFormat, stats: Stats) -> dict | str:
         prompt, completions, ranks = as_ranking(row)
@@ -208,7 +214,8 @@ class RewardDataModule(PromptDataModule):
         self.report(h.train_file, "prompts", cut="completions",
                     details=f": {train.completions} / {val.completions} completions, {train.comparisons} / {val.comparisons} comparisons",
                     more=f"pair_mode={h.pair_mode}" if h.pair_mode != "grouped" else "")
-        self._demonstrations = self.read_demonstrations()  # checked now: it is used only after training
+        self._demonstrations = self.read_demonstrations()  # checked now: they are used only after training
+        self._policy_prompts = self.read_policy_prompts()
 
     def train_examples(self) -> list[dict]:
         if self.hparams.pair_mode == "shuffled_pairs":
@@ -221,6 +228,21 @@ class RewardDataModule(PromptDataModule):
         if self._demonstrations is None:
             self._demonstrations = self.read_demonstrations()
         return self._demonstrations
+
+    def policy_prompts(self) -> list:
+        """Prompts the starting policy answers for the normalisation's gain: a fixed, hash-ordered subset of
+        ``policy_prompts_file`` (read and validated by :meth:`prepare`, before training)."""
+        if self._policy_prompts is None:
+            self._policy_prompts = self.read_policy_prompts()
+        return self._policy_prompts
+
+    def read_policy_prompts(self) -> list:
+        h = self.hparams
+        if not h.policy_prompts_file:
+            return []
+        rows = read_rows(h.policy_prompts_file, check_prompt_field)
+        ordered = sorted(rows, key=lambda r: hashlib.sha256(prompt_key(r[1]["prompt"]).encode()).hexdigest())
+        return [r["prompt"] for _, r in ordered[: h.normalization_rows]]
 
     def read_demonstrations(self) -> list[tuple[str, str]]:
         h = self.hparams

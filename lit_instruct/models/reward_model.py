@@ -1,5 +1,6 @@
 """The reward model: a causal LM's transformer without its unembedding, plus a scalar head read at the last real
-token of ``prompt + completion + EOS``, plus a normalisation shift (so that SFT demonstrations score 0 on average,
+token of ``prompt + completion + EOS``, times a normalisation gain (so that the starting policy's samples score with
+unit standard deviation, as lm-human-preferences does) plus a shift (so that SFT demonstrations score 0 on average,
 as in the paper). Load an export with :meth:`RewardModel.from_pretrained` and score ``(prompt, completion)`` pairs
 with :meth:`RewardModel.score`.
 """
@@ -40,7 +41,8 @@ from lit_instruct.models.export import read_metadata
 from lit_instruct.objectives import last_index
 
 LEGACY_HEAD_FILE = "reward_head.safetensors"  # exports written before the sequence-classification format
-#: ``config.json`` key of a reward export that holds its normalisation (shift, raw mean and std, rows, file).
+#: ``config.json`` key of a reward export that holds its normalisation: ``shift`` (added to the score), ``gain`` (already
+#: multiplied into ``score.weight``: recorded, not applied again), the raw statistics it was computed from, rows, files.
 NORMALIZATION_KEY = "reward_normalization"
 
 
@@ -55,16 +57,20 @@ def sequence_classification_class(config):
 
 
 class RewardModel(nn.Module):
-    """Scalar reward: transformer (no unembedding) -> linear head (no bias) at the last real token, plus ``reward_shift``.
+    """Scalar reward: transformer (no unembedding) -> linear head (no bias) at the last real token, times
+    ``reward_gain``, plus ``reward_shift``.
 
-    ``reward_shift`` is a Python float (the paper's normalisation: SFT demonstrations score 0 on average). It is
-    never a tensor, so casting the module to bf16 (``precision: bf16-true``, DeepSpeed) cannot round it. The head
+    ``reward_gain`` and ``reward_shift`` are Python floats (the normalisation: the starting policy's samples score
+    with unit standard deviation, SFT demonstrations score 0 on average). They are never tensors, so casting the
+    module to bf16 (``precision: bf16-true``, DeepSpeed) cannot round them. An export multiplies the gain into the
+    head's weight, so a loaded reward model has gain 1. The head
     has no bias because the ranking loss is blind to a constant (its gradient would be 0); a critic built from a
     reward model gets one (``head_bias``), since a value function must learn its level.
 
     The export is a Hugging Face ``<Family>ForSequenceClassification`` directory with ``num_labels=1`` (the format TRL
     and OpenRLHF read and write): ``AutoModelForSequenceClassification`` gives ``score - reward_shift`` on the same
-    token ids; the shift and the rest of the normalisation are in ``config.json`` under ``reward_normalization``.
+    token ids (the gain is in its weight); the shift and the rest of the normalisation are in ``config.json`` under
+    ``reward_normalization``.
     """
 
     def __init__(self, backbone: nn.Module, tokenizer, prompt_template: str = DEFAULT_TEMPLATE, *,
@@ -86,6 +92,7 @@ class RewardModel(nn.Module):
             head.weight.data.copy_(weight.data)
             nn.init.zeros_(head.bias)
         self.head = head
+        self.reward_gain: float = 1.0
         self.reward_shift: float = 0.0
         self.normalization: dict | None = None
 
@@ -204,7 +211,8 @@ class RewardModel(nn.Module):
         seq_cls = sequence_classification_class(self.backbone.config)
         prefix = seq_cls.base_model_prefix
         tensors = {f"{prefix}.{k[len('backbone.'):]}": _own_storage(v) for k, v in state_dict.items() if k.startswith("backbone.")}
-        tensors["score.weight"] = _own_storage(state_dict["head.weight"])
+        weight = state_dict["head.weight"]  # the gain goes into the weight, in float32 whatever the export's dtype
+        tensors["score.weight"] = _own_storage(weight if self.reward_gain == 1.0 else (weight.float() * self.reward_gain).to(weight.dtype))
         if "head.bias" in state_dict:  # a critic's head: its bias joins the shift (the format's score has no bias)
             raise ValueError("a value head with a bias is not a reward model export")
         config = copy.deepcopy(self.backbone.config)
@@ -219,17 +227,17 @@ class RewardModel(nn.Module):
 
     # ------------------------------------------------------------------ scoring
     def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The head at every position, shift included: (b, t) -> (b, t), float32. The critic's per-token values.
+        """The head at every position, gain and shift included: (b, t) -> (b, t), float32. The critic's per-token values.
 
         Position ids follow the attention mask, so left- and right-padded rows give the same outputs. The head
         computes on the backbone's output cast to its own dtype (a bf16 or quantized backbone, an fp32 head)."""
         hidden = self.backbone(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask), use_cache=False
         ).last_hidden_state  # (b, t, h)
-        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1).float() + self.reward_shift
+        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1).float() * self.reward_gain + self.reward_shift
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Rewards of (b, t) sequences: (b,), read at each row's last real token, shift included."""
+        """Rewards of (b, t) sequences: (b,), read at each row's last real token, gain and shift included."""
         values = self.values(input_ids, attention_mask)  # (b, t)
         return values[torch.arange(values.shape[0], device=values.device), last_index(attention_mask)]
 

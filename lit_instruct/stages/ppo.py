@@ -15,8 +15,7 @@ from typing import Literal, Optional
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.strategies import DeepSpeedStrategy
-from lightning.pytorch.utilities import rank_zero_info
-from torchmetrics import MeanMetric
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_instruct.loggers import log_table
 from lit_instruct.models.causal_lm import DtypeName
@@ -43,6 +42,7 @@ from lit_instruct.stages.ppo_models import (
     load_ppo_models,
     policy_and_critic_optimizer,
     policy_ema,
+    ppo_optimizer,
 )
 from lit_instruct.stages.ppo_settings import (
     KLPenalty,
@@ -52,13 +52,9 @@ from lit_instruct.stages.ppo_settings import (
     as_group,
     group_flat_hparams,
 )
+from lit_instruct.stages.ppo_validation import HeldOutMeasures, judge_scores, load_judge
 from lit_instruct.stages.stage import Stage
 from lit_instruct.strategies import is_zero3, synced_generation
-
-
-def ppo_optimizer(params, lr: float = 1e-5) -> torch.optim.Optimizer:
-    """Adam with eps 1e-5 (the PPO-for-LMs default)."""
-    return torch.optim.Adam(params, lr=lr, eps=1e-5)
 
 
 class PPOModule(Stage):
@@ -78,7 +74,12 @@ class PPOModule(Stage):
         ppo: The PPO update (:class:`PPOUpdate`).
         kl: The KL penalty to the SFT model (:class:`KLPenalty`).
         ptx: The pretraining mix (:class:`PtxMix`); ``ptx_coef`` 0 is plain PPO.
-        missing_eos_penalty: Score given to responses that never emit EOS (``None``: keep the reward model's).
+        missing_eos_penalty: Score given to responses that never emit EOS (``None``: keep the reward model's). It is on
+            the reward model's scale: a reward export normalised with a gain (``gain.policy`` in the reward stage)
+            has unit standard deviation on the starting policy's samples, so -1 is one standard deviation below the
+            SFT demonstrations' mean.
+        judge_path: A held-apart reward model that PPO never optimises; validation also logs its score of the same
+            responses (``val/judge_score``). ``None``: none.
         optimizer: Optimizer factory for the two parameter groups (policy at its ``lr``, critic at ``critic_lr``).
         critic_lr: Critic learning rate; ``None``: the optimizer's.
         warmup_steps: Iterations of linear warm-up from ``warmup_start_ratio`` of the peak learning rate.
@@ -114,6 +115,7 @@ class PPOModule(Stage):
         kl: KLPenalty = KLPenalty(),
         ptx: PtxMix = PtxMix(),
         missing_eos_penalty: Optional[float] = -1.0,
+        judge_path: Optional[str] = None,
         optimizer: OptimizerCallable = ppo_optimizer,
         critic_lr: Optional[float] = None,
         warmup_steps: int = 10,
@@ -141,11 +143,15 @@ class PPOModule(Stage):
             policy_name_or_path, reward_model_path, reference_name_or_path, critic_name_or_path, load_dtype=load_dtype,
             frozen_dtype=frozen_dtype, frozen_quantization=frozen_quantization, disable_dropout=disable_dropout,
             require_reward_normalization=require_reward_normalization, gradient_checkpointing=gradient_checkpointing)
+        self.judge = load_judge(judge_path, reward_model_path, frozen_dtype or load_dtype)
+        if missing_eos_penalty is not None and "gain" not in (self.reward_model.normalization or {}):
+            rank_zero_warn(f"missing_eos_penalty={missing_eos_penalty} on a reward model normalised without a gain "
+                           f"({reward_model_path}): its scale is arbitrary, so the penalty may be negligible or dominant")
         self.ema = policy_ema(self.policy, ema_decay) if ema_decay is not None else None
         kl = self.kl
         self.kl_controller = AdaptiveKLController(kl.kl_coef, kl.target, kl.horizon) if kl.adaptive else FixedKLController(kl.kl_coef)
         self.episodes = 0
-        self.val_score, self.val_kl, self.val_length, self.val_pretrain_loss = (MeanMetric() for _ in range(4))
+        self.held_out = HeldOutMeasures()
         self._val_samples: list[list] = []
 
     @property
@@ -174,7 +180,7 @@ class PPOModule(Stage):
         return [self.policy, self.critic]
 
     def frozen_modules(self) -> list[torch.nn.Module]:
-        return [self.reference, self.reward_model] + ([self.ema] if self.ema is not None else [])
+        return [m for m in (self.reference, self.reward_model, self.judge, self.ema) if m is not None]
 
     def evaluated_policy(self) -> torch.nn.Module:
         """The policy that validation measures and the export writes: the EMA of the weights when ``ema_decay`` is set."""
@@ -350,10 +356,7 @@ class PPOModule(Stage):
                 torch.manual_seed(self.hparams.val_seed + batch_idx)
                 rollout = self.rollout(batch, self.sampling.val_max_new_tokens or self.sampling.max_new_tokens, values=False,
                                        policy=policy)
-            mask = rollout.response_mask.float()
-            self.val_score.update(rollout.scores)
-            self.val_kl.update(((rollout.logprobs - rollout.ref_logprobs) * mask).sum(1))
-            self.val_length.update(mask.sum(1))
+            self.held_out.update_rollout(rollout, judge_scores(self.judge, rollout, self.tokenizer) if self.judge else None)
             k = self.hparams.num_sample_prompts
             if batch_idx == 0 and k > 0:
                 texts = self.tokenizer.batch_decode(rollout.query[:k], skip_special_tokens=True)
@@ -361,13 +364,11 @@ class PPOModule(Stage):
                 self._val_samples = [[self.global_step, p, r, float(s)] for p, r, s in zip(texts, responses, rollout.scores[:k])]
         else:
             logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-            self.val_pretrain_loss.update(lm_loss(logits, batch["labels"]), weight=batch["input_ids"].numel())
+            self.held_out.update_pretrain(lm_loss(logits, batch["labels"]), batch["input_ids"].numel())
 
     def on_validation_epoch_end(self) -> None:
-        for name, metric in (("score", self.val_score), ("kl", self.val_kl), ("response_length", self.val_length),
-                             ("pretrain_loss", self.val_pretrain_loss)):
-            self.log(f"val/{name}", metric.compute(), prog_bar=name in ("score", "pretrain_loss"), sync_dist=True)
-            metric.reset()
+        for name, value in self.held_out.compute_and_reset().items():  # synced by torchmetrics
+            self.log(name, value, prog_bar=name in ("val/score", "val/judge_score", "val/pretrain_loss"), sync_dist=True)
         if self._val_samples and not self.trainer.sanity_checking:
             log_table(self.trainer, "val/samples", ["step", "prompt", "response", "score"], self._val_samples)
 
@@ -396,4 +397,4 @@ class PPOModule(Stage):
     def export_metadata(self) -> dict:
         h = self.hparams
         return {**super().export_metadata(), "kl_coef_final": self.kl_controller.value, "episodes": self.episodes, "ema": h.ema_decay is not None,
-                "reward_model": h.reward_model_path, "reference": h.reference_name_or_path or h.policy_name_or_path}
+                "reward_model": h.reward_model_path, "judge": h.judge_path, "reference": h.reference_name_or_path or h.policy_name_or_path}

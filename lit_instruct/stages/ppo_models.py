@@ -65,6 +65,11 @@ def load_ppo_models(
     return tokenizer, policy, reference, reward_model, critic
 
 
+def ppo_optimizer(params, lr: float = 1e-5) -> torch.optim.Optimizer:
+    """Adam with eps 1e-5 (the PPO-for-LMs default)."""
+    return torch.optim.Adam(params, lr=lr, eps=1e-5)
+
+
 def policy_and_critic_optimizer(policy: torch.nn.Module, critic: torch.nn.Module, factory: Callable, critic_lr: Optional[float],
                                 warmup_steps: int, warmup_start_ratio: float) -> dict:
     """Lightning's ``configure_optimizers`` answer: one optimizer (DeepSpeed takes only one) with the policy and the

@@ -9,8 +9,10 @@ maps them onto the groups.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Literal, Optional
+
+from lit_instruct.utils import as_group  # noqa: F401  (where the stages took it from)
 
 
 @dataclass
@@ -96,14 +98,6 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "ptx_coef": ("ptx", "ptx_coef"),
     "ptx_examples_per_episode": ("ptx", "examples_per_episode"),
 }
-
-
-def as_group(value, cls: type):
-    """``value`` as a new ``cls`` instance: a dict (from YAML, a checkpoint or an export) is built into one, an
-    instance copied (a default instance is never shared)."""
-    if value is None:
-        return cls()
-    return cls(**value) if isinstance(value, dict) else replace(value)
 
 
 def group_flat_hparams(hparams: dict) -> dict:

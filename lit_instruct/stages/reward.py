@@ -1,8 +1,10 @@
 """Reward stage: train a reward model on K-way rankings with InstructGPT's grouped loss (all C(K,2) pairs of a
-prompt in one batch element, ties dropped), normalise it on SFT demonstrations, export it."""
+prompt in one batch element, ties dropped), normalise it (a gain from the starting policy's samples, a shift from SFT
+demonstrations), export it."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -19,11 +21,36 @@ from lit_instruct.models.causal_lm import (
     EMBEDDED,
     DtypeName,
     TinyConfig,
+    load_causal_lm,
     load_tokenizer,
 )
 from lit_instruct.models.reward_model import RewardModel
 from lit_instruct.objectives import ranking_loss
+from lit_instruct.rollout import collate_prompts, generate
 from lit_instruct.stages.stage import Stage, default_optimizer
+from lit_instruct.utils import as_group
+
+
+@dataclass
+class RewardGain:
+    """The normalisation's gain: after training, the policy PPO will start from answers the data's
+    ``policy_prompts_file`` and the reward is scaled so that those responses' scores have standard deviation
+    ``target_std`` (as lm-human-preferences does); the shift then puts the SFT demonstrations' mean at 0. With a
+    unit scale, PPO's ``missing_eos_penalty`` and ``kl_coef`` mean the same thing for every reward model."""
+
+    policy: Optional[str] = None
+    """The starting policy (usually the SFT export this reward model started from); ``None``: no gain (shift only)."""
+    target_std: float = 1.0
+    """Standard deviation of the policy samples' normalised scores."""
+    max_new_tokens: int = 48
+    """Longest sampled response: set it to PPO's ``sampling.max_new_tokens`` (responses it cuts are scored cut, as
+    in PPO)."""
+    temperature: float = 1.0
+    """Sampling temperature (PPO's)."""
+    batch_size: int = 32
+    """Prompts per generation batch."""
+    seed: int = 0
+    """Seed of the sampling (its own random stream; every process draws the same samples)."""
 
 
 class RewardModule(Stage):
@@ -44,6 +71,8 @@ class RewardModule(Stage):
         load_dtype: dtype the weights are loaded in, whatever the checkpoint stores: float32 (the default) keeps
             fp32 master weights under ``bf16-mixed``.
         export_dtype: dtype of the exported weights (the normalisation shift is stored exactly either way).
+        gain: The normalisation's gain from the starting policy's samples (:class:`RewardGain`); its ``policy``
+            ``None`` normalises by the shift alone.
     """
 
     stage = "reward"
@@ -62,8 +91,11 @@ class RewardModule(Stage):
         gradient_checkpointing: bool = False,
         load_dtype: DtypeName = "float32",
         export_dtype: DtypeName = "float32",
+        gain: RewardGain = RewardGain(),
     ) -> None:
         super().__init__()
+        self.gain = as_group(gain, RewardGain)
+        gain = dict(vars(self.gain))  # saved as a plain dict, as a config gives it
         self.save_hyperparameters()
         self.optimizer_factory = optimizer
         tiny = TinyConfig(**tiny) if isinstance(tiny, dict) else tiny
@@ -135,18 +167,60 @@ class RewardModule(Stage):
 
     # ------------------------------------------------------------------ normalisation and export
     @torch.no_grad()
-    def normalize(self, demonstrations: list[tuple[str, str]], batch_size: int = 16) -> float:
-        """Set ``reward_shift`` so that the demonstrations' mean reward is 0; returns the shift.
+    def policy_sample_scores(self, prompts: list) -> torch.Tensor:
+        """Raw scores (gain 1, shift 0) of the starting policy's sampled responses to ``prompts``, scored on the
+        policy's tokens as PPO scores them: a response cut at ``max_new_tokens`` is scored cut. Seeded by
+        ``gain.seed`` on its own random stream."""
+        g, device = self.gain, self.device
+        tokenizer = load_tokenizer(g.policy)
+        if tokenizer.get_vocab() != self.tokenizer.get_vocab():
+            raise ValueError(f"gain.policy {g.policy}: its tokenizer differs from the reward model's; PPO scores the "
+                             "policy's tokens directly, so the policy must share the reward model's tokenizer")
+        policy = load_causal_lm(g.policy, tokenizer, trainable=False).to(device).eval()
+        fmt, room = self.reward_model.format(), self.context_length - g.max_new_tokens
+        ids = [self.tokenizer(fmt.prompt(p), add_special_tokens=False)["input_ids"][-room:] for p in prompts]
+        scores = []
+        devices = [torch.cuda.current_device()] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(g.seed)
+            for start in range(0, len(ids), g.batch_size):
+                query, query_mask = collate_prompts(ids[start:start + g.batch_size], tokenizer.pad_token_id, device)
+                rollout = generate(policy, query, query_mask, eos_token_id=tokenizer.eos_token_id,
+                                   pad_token_id=tokenizer.pad_token_id, max_new_tokens=g.max_new_tokens,
+                                   temperature=g.temperature)
+                rollout.generation_logits = None
+                scores.append(self.reward_model(rollout.input_ids, rollout.attention_mask).cpu())
+        return torch.cat(scores)
 
-        Every process scores the same demonstrations (a collective under ZeRO-3)."""
-        was_training = self.reward_model.training
-        self.reward_model.eval()
-        self.reward_model.reward_shift = 0.0
-        raw = self.reward_model.score([p for p, _ in demonstrations], [r for _, r in demonstrations], batch_size=batch_size)
-        shift = -float(raw.double().mean())
-        self.reward_model.reward_shift = shift
-        self.reward_model.normalization = {"shift": shift, "raw_mean": -shift, "raw_std": float(raw.std()), "rows": len(demonstrations)}
-        self.reward_model.train(was_training)
+    @torch.no_grad()
+    def normalize(self, demonstrations: list[tuple[str, str]], policy_prompts: Optional[list] = None,
+                  batch_size: int = 16) -> float:
+        """Normalise the reward: with ``gain.policy`` set, a gain so that the starting policy's sampled responses to
+        ``policy_prompts`` score with standard deviation ``gain.target_std``; then a shift so that the demonstrations'
+        mean reward is 0 (the paper). Returns the shift; the statistics go to ``reward_model.normalization``.
+
+        Every process scores the same demonstrations and samples (a collective under ZeRO-3)."""
+        model = self.reward_model
+        was_training = model.training
+        model.eval()
+        model.reward_gain, model.reward_shift = 1.0, 0.0
+        raw = model.score([p for p, _ in demonstrations], [r for _, r in demonstrations], batch_size=batch_size).double()
+        info = {"raw_mean": float(raw.mean()), "raw_std": float(raw.std()), "rows": len(demonstrations)}
+        gain = 1.0
+        if self.gain.policy and policy_prompts:
+            if len(policy_prompts) < 2:
+                raise ValueError("the normalisation's gain needs at least 2 policy prompts (data.normalization_rows)")
+            sampled = self.policy_sample_scores(policy_prompts).double()
+            gain = self.gain.target_std / max(float(sampled.std()), 1e-8)
+            info.update(gain=gain, target_std=self.gain.target_std, policy=self.gain.policy, policy_samples=len(sampled),
+                        policy_raw_mean=float(sampled.mean()), policy_raw_std=float(sampled.std()),
+                        policy_max_new_tokens=self.gain.max_new_tokens)
+        elif self.gain.policy:
+            raise ValueError("gain.policy is set but the data gave no policy prompts (data.policy_prompts_file)")
+        shift = -gain * info["raw_mean"]
+        model.reward_gain, model.reward_shift = gain, shift
+        model.normalization = {"shift": shift, **info}
+        model.train(was_training)
         return shift
 
     def prepare_export_from_checkpoint(self, checkpoint: dict) -> None:
@@ -156,18 +230,30 @@ class RewardModule(Stage):
         data.connect(self.tokenizer)
         self.use_format(data.prompt_format())
         if settings.get("demonstrations_file"):
-            self.normalize(data.demonstrations())
-            self.reward_model.normalization["file"] = settings["demonstrations_file"]
+            self.normalize(data.demonstrations(), data.policy_prompts() if self.gain.policy else None)
+            self.record_normalization_files(data)
+
+    def record_normalization_files(self, data: RewardDataModule) -> None:
+        self.reward_model.normalization["file"] = data.hparams.demonstrations_file
+        if self.gain.policy:
+            self.reward_model.normalization["policy_prompts_file"] = data.hparams.policy_prompts_file
 
     def on_fit_end(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         demos = datamodule.demonstrations() if hasattr(datamodule, "demonstrations") else []
         if demos:
-            shift = self.normalize(demos)
-            rank_zero_info(f"[reward] normalised on {len(demos)} demonstrations: shift {shift:+.4f} (raw std {self.reward_model.normalization['raw_std']:.4f})")
+            prompts = datamodule.policy_prompts() if self.gain.policy else None
+            shift = self.normalize(demos, prompts)
+            info = self.reward_model.normalization
+            gain = info.get("gain", 1.0)
+            rank_zero_info(f"[reward] normalised on {len(demos)} demonstrations: shift {shift:+.4f} (raw std {info['raw_std']:.4f})"
+                           + (f"; gain {gain:.4f} from {info['policy_samples']} samples of {info['policy']} (raw std "
+                              f"{info['policy_raw_std']:.4f})" if "gain" in info else "; no gain (gain.policy unset)"))
             for logger in self.trainer.loggers:
-                logger.log_metrics({"reward/normalization_shift": shift}, step=self.trainer.global_step)
-            self.reward_model.normalization["file"] = datamodule.hparams.demonstrations_file
+                logger.log_metrics({"reward/normalization_shift": shift, "reward/normalization_gain": gain,
+                                    "reward/policy_sample_raw_std": info.get("policy_raw_std", float("nan"))},
+                                   step=self.trainer.global_step)
+            self.record_normalization_files(datamodule)
         else:
             rank_zero_info("[reward] no demonstrations_file: the export is not normalised, and PPO will refuse it")
         super().on_fit_end()

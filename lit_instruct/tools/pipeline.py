@@ -1,10 +1,11 @@
-"""``lit-instruct pipeline``: pretrain -> SFT -> reward model -> PPO-ptx, plus a plain-PPO control, in one run folder.
+"""``lit-instruct pipeline``: pretrain -> SFT -> reward model -> PPO-ptx, plus a plain-PPO control and a held-apart
+judge (a second reward model, trained differently, that PPO never optimises), in one run folder.
 
 Each stage runs as its own ``lit-instruct fit`` process with its config and an overlay the pipeline writes (run
 folder, export paths, the previous stages' exports, a CSV logger beside W&B). A stage whose export exists and
 whose fingerprint (its resolved config, its overlay, and its inputs' fingerprints) is unchanged is reused;
 ``--force`` redoes every stage. Then the SFT policy, the PPO control and the PPO-ptx policy are measured on the
-same held-out prompts and held-out pretraining text, and ``report.json`` / ``report.md`` (with PNG plots) are
+same held-out prompts and held-out pretraining text (scored by the optimised reward model and by the judge), and ``report.json`` / ``report.md`` (with PNG plots) are
 written (:mod:`lit_instruct.tools.report`).
 """
 
@@ -25,7 +26,7 @@ from lit_instruct.evaluation import measure_policy
 from lit_instruct.tools.configs import load_config, merge, run_overlay
 from lit_instruct.tools.report import POLICIES, pipeline_report
 
-STAGES = ("pretrain", "sft", "reward", "ppo", "ppo_ptx")
+STAGES = ("pretrain", "sft", "reward", "judge", "ppo", "ppo_ptx")
 
 #: Overrides that shrink every stage to a few steps (``--smoke``): for tests and a quick look.
 SMOKE = {
@@ -33,6 +34,8 @@ SMOKE = {
     "sft": {"trainer": {"max_steps": 4, "limit_val_batches": 2, "val_check_interval": 2}},
     "reward": {"trainer": {"max_steps": 4, "limit_val_batches": 2, "val_check_interval": 2},
                "data": {"init_args": {"normalization_rows": 16}}},
+    "judge": {"trainer": {"max_steps": 4, "limit_val_batches": 2, "val_check_interval": 2},
+              "data": {"init_args": {"normalization_rows": 16}}},
     "ppo": {"trainer": {"val_check_interval": 1}, "model": {"init_args": {"total_episodes": 32}},
             "data": {"init_args": {"max_val_prompts": 4, "max_val_pretrain_blocks": 4}}},
     "ppo_ptx": {"trainer": {"val_check_interval": 1}, "model": {"init_args": {"total_episodes": 32}},
@@ -48,6 +51,11 @@ class PipelineConfig:
     pretrain: str | list[str] | None = "configs/pretrain/tiny.yaml"
     sft: str | list[str] = "configs/sft/tiny.yaml"
     reward: str | list[str] = "configs/reward/tiny.yaml"
+    # The held-apart judge: a reward model PPO never optimises, which scores every policy beside the optimised one
+    # (None: no judge). It starts from the pretrained model (``judge_from: pretrain``, when the pipeline pretrains),
+    # from the SFT export (``sft``), or from what its own config names (``config``).
+    judge: str | list[str] | None = "configs/reward/tiny_judge.yaml"
+    judge_from: str = "pretrain"
     ppo: str | list[str] = "configs/ppo/tiny_plain.yaml"
     ppo_ptx: str | list[str] = "configs/ppo/tiny.yaml"
     overrides: dict = field(default_factory=dict)  # per stage: a nested dict merged into its overlay
@@ -104,9 +112,15 @@ class Pipeline:
             model_args["model_name_or_path"] = str(self.export("pretrain"))
         if stage == "reward":
             model_args["model_name_or_path"] = str(self.export("sft"))
+        if stage in ("reward", "judge"):  # the gain of the normalisation: from the policy PPO starts from
+            model_args["gain"] = {"policy": str(self.export("sft"))}
+        if stage == "judge" and self.judge_from() != "config":
+            model_args["model_name_or_path"] = str(self.export(self.judge_from()))
         if stage in ("ppo", "ppo_ptx"):
             model_args["policy_name_or_path"] = str(self.export("sft"))
             model_args["reward_model_path"] = str(self.export("reward"))
+            if self.config.judge:
+                model_args["judge_path"] = str(self.export("judge"))
         selector = self.selection_reward_model()
         if stage == "sft" and selector:
             overlay["trainer"]["callbacks"].append({"class_path": "lit_instruct.callbacks.RewardModelSelection",
@@ -124,9 +138,18 @@ class Pipeline:
             return self._earlier_reward
         return choice
 
+    def judge_from(self) -> str:
+        """Where the judge starts: ``pretrain`` (only when the pipeline pretrains), ``sft`` or ``config``."""
+        choice = self.config.judge_from
+        if choice not in ("pretrain", "sft", "config"):
+            raise ValueError(f"judge_from: {choice!r} is not one of pretrain, sft, config")
+        return "config" if choice == "pretrain" and not self.config.pretrain else choice
+
     def inputs(self, stage: str) -> list[str]:
+        judge = ["judge"] if self.config.judge else []
         return {"pretrain": [], "sft": ["pretrain"] if self.config.pretrain else [], "reward": ["sft"],
-                "ppo": ["sft", "reward"], "ppo_ptx": ["sft", "reward"]}[stage]
+                "judge": ["sft"] + (["pretrain"] if self.judge_from() == "pretrain" else []),
+                "ppo": ["sft", "reward", *judge], "ppo_ptx": ["sft", "reward", *judge]}[stage]
 
     def run_stage(self, stage: str) -> None:
         files = self.config.files(stage)
@@ -161,19 +184,24 @@ class Pipeline:
         model_args = dict(ppo_config["model"].get("init_args", {}))
         data_args = merge(dict(ppo_config["data"].get("init_args", {})), self.overlay("ppo_ptx").get("data", {}).get("init_args", {}))
         data_args["max_val_prompts"] = min(data_args.get("max_val_prompts", 64), self.config.eval_prompts) if not self.smoke else 4
+        judge = str(self.export("judge")) if self.config.judge else None
         results = {name: measure_policy(model_args, data_args, policy=str(self.export(name)), reference=str(self.export("sft")),
-                                        reward_model=str(self.export("reward")), samples=self.config.samples,
+                                        reward_model=str(self.export("reward")), judge=judge, samples=self.config.samples,
                                         root=str(self.out / "eval" / name))
                    for name in POLICIES}
-        reward = json.loads((self.export("reward") / "lit_instruct.json").read_text())["metrics"]
-        results["reward"] = {"accuracy": reward.get("val/accuracy"), "length_baseline_accuracy": reward.get("val/length_baseline_accuracy")}
+        results["max_new_tokens"] = (model_args.get("sampling") or {}).get("max_new_tokens")
+        for stage in ("reward", "judge") if judge else ("reward",):
+            meta = json.loads((self.export(stage) / "lit_instruct.json").read_text())
+            metrics = meta["metrics"]
+            results[stage] = {"accuracy": metrics.get("val/accuracy"), "length_baseline_accuracy": metrics.get("val/length_baseline_accuracy"),
+                              "normalization": meta.get("normalization"), "started_from": meta.get("hparams", {}).get("model_name_or_path")}
         return results
 
     def run(self) -> dict:
         start = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
         for stage in STAGES:
-            if stage == "pretrain" and not self.config.pretrain:
+            if (stage == "pretrain" and not self.config.pretrain) or (stage == "judge" and not self.config.judge):
                 continue
             self.run_stage(stage)
         print("[pipeline] evaluating SFT, PPO and PPO-ptx on held-out prompts and pretraining text", flush=True)

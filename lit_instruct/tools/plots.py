@@ -61,7 +61,20 @@ def pipeline_plots(out: Path, sft: dict) -> list[str]:
             ax.plot([episodes.get(r["step"], float(r["step"])) for r in rows], [float(r["val/pretrain_loss"]) for r in rows], "o-", label=label)
         ax.axhline(sft["pretrain_loss"], color="k", linestyle="--", label="SFT")
         _label(ax, "episodes", "held-out pretraining LM loss", "Alignment tax during training")
-    return ["score_vs_kl.png", "pretrain_loss.png"]
+    images = ["score_vs_kl.png", "pretrain_loss.png"]
+    if any(r.get("val/judge_score") for rows in logs.values() for r in rows):
+        images.append("judge_vs_reward_model.png")
+        with figure(out / images[-1], figsize=(6, 4)) as ax:
+            for i, (stage, label) in enumerate(PPO_RUNS.items()):
+                rows = [r for r in logs[stage] if r.get("val/judge_score") and r.get("val/reward_model_score")]
+                episodes = {r["step"]: float(r["episodes"]) for r in logs[stage] if r.get("episodes")}
+                x = [episodes.get(r["step"], float(r["step"])) for r in rows]
+                ax.plot(x, [float(r["val/reward_model_score"]) for r in rows], "o-", color=f"C{i}", label=f"{label}: optimised RM")
+                ax.plot(x, [float(r["val/judge_score"]) for r in rows], "s--", color=f"C{i}", label=f"{label}: judge")
+            if "judge_score" in sft:
+                ax.axhline(sft["judge_score"], color="k", linestyle=":", label="SFT: judge")
+            _label(ax, "episodes", "held-out score (normalised)", "Optimised reward model vs held-apart judge")
+    return images
 
 
 def _label(ax, xlabel: str, ylabel: str, title: str) -> None:

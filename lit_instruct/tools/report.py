@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lit_instruct.evaluation import HELD_OUT_METRICS
 from lit_instruct.tools import plots
 
 #: The policies a pipeline report compares, by the label its table gives them.
@@ -21,26 +20,85 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
+#: The pipeline report's columns: (key in a policy's results, header, format).
+COLUMNS = (("judge_score", "judge score", "{:.3f}"), ("reward_model_score", "RM score (optimised)", "{:.3f}"),
+           ("score", "reward with EOS penalty", "{:.3f}"), ("kl", "KL", "{:.2f}"), ("pretrain_loss", "pretraining loss", "{:.3f}"),
+           ("response_length", "response length", "{:.1f}"), ("eos_fraction", "EOS fraction", "{:.2f}"))
+
+
+def length_limited(result: dict) -> bool:
+    """Whether most of a policy's held-out responses stopped at the length limit instead of ending (EOS)."""
+    return "eos_fraction" in result and result["eos_fraction"] < 0.5
+
+
+def directions(results: dict) -> list[tuple[str, bool | None]]:
+    """The paper's directions, measured: each claim and whether it holds (``None``: not measured here)."""
+    sft, ppo, ptx = (results[name] for name in POLICIES)
+    judge = "judge_score" in ptx and "judge_score" in sft
+    eos = "eos_fraction" in ptx and "eos_fraction" in sft
+    return [
+        ("PPO-ptx scores above SFT by the held-apart judge", ptx["judge_score"] > sft["judge_score"] if judge else None),
+        ("PPO-ptx scores above SFT by the optimised reward model", ptx.get("reward_model_score", ptx["score"]) > sft.get("reward_model_score", sft["score"])),
+        ("plain PPO's held-out pretraining loss is above SFT's (the alignment tax)", ppo["pretrain_loss"] > sft["pretrain_loss"]),
+        ("PPO-ptx's held-out pretraining loss is below plain PPO's (ptx pays the tax back)", ptx["pretrain_loss"] < ppo["pretrain_loss"]),
+        ("PPO-ptx's EOS fraction is at least half of SFT's (responses still end)", ptx["eos_fraction"] >= 0.5 * sft["eos_fraction"] if eos else None),
+    ]
+
+
+def _reward_model_line(name: str, info: dict | None) -> str:
+    if not info:
+        return ""
+    acc, base = info.get("accuracy"), info.get("length_baseline_accuracy")
+    norm = info.get("normalization") or {}
+    text = f"- {name}: held-out pairwise accuracy {acc:.3f}" if acc is not None else f"- {name}:"
+    if base is not None:
+        text += f" (longer-wins baseline on the same pairs: {base:.3f})"
+    if info.get("started_from"):
+        text += f"; trained from `{info['started_from']}`"
+    if "gain" in norm:
+        text += (f"; normalised with gain {norm['gain']:.3f} (the SFT policy's {norm.get('policy_samples')} samples had raw "
+                 f"std {norm.get('policy_raw_std', float('nan')):.3f}) and shift {norm['shift']:+.3f}")
+    elif "shift" in norm:
+        text += f"; normalised by a shift only ({norm['shift']:+.3f})"
+    return text + "."
+
+
 def pipeline_report(out: Path, results: dict, timings: dict[str, float], total_seconds: float) -> None:
-    """``report.json`` (per policy its held-out metrics, the reward model's accuracy, the stages' wall times) and
-    ``report.md`` (the table, the plots, SFT and PPO-ptx responses side by side) in the pipeline folder ``out``."""
-    summary = {name: {k: results[name][k] for k in HELD_OUT_METRICS} for name in POLICIES}
-    summary["reward"] = results["reward"]
+    """``report.json`` (per policy its held-out metrics, the reward model's and the judge's accuracy, the measured
+    directions, the stages' wall times) and ``report.md`` (the table with length-limited policies flagged, the
+    directions, the plots, SFT and PPO-ptx responses side by side) in the pipeline folder ``out``."""
+    keys = [key for key, _, _ in COLUMNS]
+    summary = {name: {k: results[name][k] for k in keys if k in results[name]} for name in POLICIES}
+    for name in POLICIES:
+        summary[name]["length_limited"] = length_limited(results[name])
+    for stage in ("reward", "judge"):
+        if stage in results:
+            summary[stage] = results[stage]
+    checks = directions(results)
+    summary["directions"] = {claim: holds for claim, holds in checks}
     summary["timing"] = {"stages_seconds": timings, "total_seconds": total_seconds}
     _write_json(out / "report.json", summary)
     images = plots.pipeline_plots(out, results["sft"])
+    columns = [c for c in COLUMNS if all(c[0] in results[name] for name in POLICIES)]
+    limit = results.get("max_new_tokens")
     lines = ["# lit-instruct pipeline report", "",
              f"Run folder `{out}`. Stage wall times (from the run that trained each): "
              + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
              + f" ({sum(timings.values()):.0f} s in all); this invocation took {total_seconds:.0f} s.", "",
-             "Held-out prompts and held-out pretraining text, the same for every policy; KL is to the SFT model, "
-             "in nats per response.", "",
-             "| policy | RM score | KL | pretraining loss | response length |", "|---|---|---|---|---|"]
+             "Held-out prompts and held-out pretraining text, the same for every policy. Scores are normalised (the SFT "
+             "policy's samples have unit standard deviation, SFT demonstrations average 0). The judge is a second reward "
+             "model that PPO never optimises; the RM score is the optimised reward model's; the reward adds the missing-EOS "
+             "penalty where a response did not end. KL is to the SFT model, in nats per response"
+             + (f"; responses are cut at {limit} tokens." if limit else "."), "",
+             "| policy | " + " | ".join(header for _, header, _ in columns) + " |", "|---|" + "---|" * len(columns)]
     for name, label in POLICIES.items():
         r = results[name]
-        lines.append(f"| {label} | {r['score']:.3f} | {r['kl'] + 0.0:.2f} | {r['pretrain_loss']:.3f} | {r['response_length']:.1f} |")
-    acc, base = results["reward"]["accuracy"], results["reward"]["length_baseline_accuracy"]
-    lines += ["", f"Reward model held-out pairwise accuracy: {acc:.3f}" + (f" (longer-wins baseline on the same pairs: {base:.3f})" if base is not None else ""), ""]
+        flag = " (length-limited: most responses hit the limit)" if length_limited(r) else ""
+        lines.append(f"| {label}{flag} | " + " | ".join(fmt.format(r[key] + 0.0) for key, _, fmt in columns) + " |")
+    lines += ["", "## The paper's directions, measured", ""]
+    lines += [f"- {'holds' if holds else 'does NOT hold' if holds is not None else 'not measured'}: {claim}" for claim, holds in checks]
+    lines += ["", "## Reward models", "", _reward_model_line("Optimised reward model", results.get("reward")),
+              _reward_model_line("Judge (never optimised)", results.get("judge")), ""]
     lines += [f"![{img}]({img})" for img in images]
     lines += ["", "## Samples (held-out prompts)", "", "| prompt | SFT | PPO-ptx |", "|---|---|---|"]
     for a, b in zip(results["sft"]["samples"], results["ppo_ptx"]["samples"]):

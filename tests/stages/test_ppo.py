@@ -1,6 +1,7 @@
 """PPO-ptx stage: which weights train, resume, a reward that rises, bad input, and the CLI."""
 
 import json
+import warnings
 
 import lightning as L
 import pytest
@@ -263,3 +264,37 @@ def test_settings_groups_load_with_weights_only(tiny_exports, tmp_path):
     groups = {"sampling": Sampling(max_new_tokens=6), "ppo": PPOUpdate(), "kl": KLPenalty(kl_coef=0.04), "ptx": PtxMix()}
     torch.save({"hyper_parameters": groups, "state_dict": {}}, tmp_path / "groups.ckpt")
     assert safe_load(tmp_path / "groups.ckpt")["hyper_parameters"] == groups
+
+
+def test_missing_eos_penalty_replaces_the_score_and_warns_on_an_unscaled_reward_model(tiny_exports, tmp_path):
+    from helpers import gained_reward_model
+
+    gained = gained_reward_model(tiny_exports / "sft", tmp_path / "rm")
+    with pytest.warns(UserWarning, match="without a gain"):  # the shift-only tiny reward model: no scale
+        make(tiny_exports, missing_eos_penalty=-1.0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*without a gain.*")
+        module = make(tiny_exports, reward_model_path=str(gained), missing_eos_penalty=-1.0)
+    fmt = module.reward_model.format()
+    prompts = [module.tokenizer(fmt.prompt(f"Question {i}: what is {i} plus {i}?"))["input_ids"] for i in range(16)]
+    torch.manual_seed(0)
+    rollout = module.rollout(prompts, 32, values=False)
+    ended = rollout.ended
+    assert ended.any() and (~ended).any(), "need responses that ended and ones that were cut"
+    assert torch.all(rollout.scores[~ended] == -1.0)
+    assert torch.equal(rollout.scores[ended], rollout.reward_model_scores[ended])
+    assert not torch.all(rollout.reward_model_scores[~ended] == -1.0)
+
+
+def test_validation_scores_with_a_held_apart_judge(tiny_exports, tmp_path):
+    from helpers import gained_reward_model
+
+    judge = gained_reward_model(tiny_exports / "sft", tmp_path / "judge")
+    with pytest.raises(ValueError, match="held apart"):
+        make(tiny_exports, judge_path=str(tiny_exports / "rm"))
+    module = make(tiny_exports, judge_path=str(judge))
+    metrics = trainer(tmp_path, 1).validate(module, data(), verbose=False)[0]
+    assert {"val/judge_score", "val/reward_model_score", "val/eos_fraction", "val/score"} <= set(metrics)
+    assert 0.0 <= metrics["val/eos_fraction"] <= 1.0
+    assert metrics["val/judge_score"] != metrics["val/reward_model_score"]  # another model's opinion
+    assert "val/judge_score" not in trainer(tmp_path, 1).validate(make(tiny_exports), data(), verbose=False)[0]

@@ -69,7 +69,92 @@ def test_cli_reward_stage_from_an_sft_export(tmp_path):
     sft = run_cli("fit", "--config", str(CONFIGS / "sft" / "tiny.yaml"), *tiny_overrides(tmp_path / "sft"))
     assert sft.returncode == 0, sft.stderr[-3000:]
     done = run_cli("fit", "--config", str(CONFIGS / "reward" / "tiny.yaml"), *tiny_overrides(tmp_path / "rm", samples=False),
-                   "--model.model_name_or_path", str(tmp_path / "sft" / "export"), "--data.normalization_rows", "16")
+                   "--model.model_name_or_path", str(tmp_path / "sft" / "export"), "--data.normalization_rows", "16",
+                   "--model.gain.policy", str(tmp_path / "sft" / "export"), "--model.gain.max_new_tokens", "8")
     assert done.returncode == 0, done.stderr[-3000:]
     rm = RewardModel.from_pretrained(tmp_path / "rm" / "export")
     assert rm.score(["Say hi"], ["hi"]).shape == (1,)
+    assert rm.normalization["gain"] > 0 and rm.normalization["policy_samples"] == 16
+    assert rm.normalization["policy_prompts_file"] == "bundled:prompts.jsonl"
+
+
+# ---------------------------------------------------------------------------------------------- the normalisation's gain
+@pytest.fixture(scope="module")
+def gained(tiny_exports, tmp_path_factory):
+    """The tiny reward model (from the tiny SFT export, untrained: the gain does not care) normalised with a gain
+    from the SFT policy's samples, and exported."""
+    from lit_instruct.stages.reward import RewardGain
+
+    tmp = tmp_path_factory.mktemp("gained")
+    sft = str(tiny_exports / "sft")
+    module = RewardModule(sft, gain=RewardGain(policy=sft, max_new_tokens=8, batch_size=8, seed=3), export_dir=str(tmp / "export"))
+    data = RewardDataModule(max_length=128, normalization_rows=24)
+    data.connect(module.tokenizer, 128)
+    prompts, demos = data.policy_prompts(), data.demonstrations()
+    raw = module.policy_sample_scores(prompts)
+    module.normalize(demos, prompts)
+    module.export(tmp / "export")
+    return module, prompts, demos, raw, tmp / "export"
+
+
+def test_gain_gives_the_starting_policys_samples_unit_std(gained):
+    module, prompts, demos, raw, export = gained
+    assert float(raw.std()) != pytest.approx(1.0, abs=0.05)  # not unit-variance before: the test can tell
+    norm = module.reward_model.normalization
+    assert norm["gain"] == pytest.approx(1.0 / float(raw.double().std()), rel=1e-6)
+    assert float(module.policy_sample_scores(prompts).double().std()) == pytest.approx(1.0, rel=1e-4)  # same seed, same samples
+    scores = module.reward_model.score([p for p, _ in demos], [r for _, r in demos])
+    assert abs(float(scores.double().mean())) < 1e-4  # and the demonstrations still average 0
+
+    # The export keeps both: the gain is folded into the head's weight, and a reloaded model has gain 1.
+    loaded = RewardModel.from_pretrained(export)
+    assert loaded.reward_gain == 1.0 and loaded.normalization["gain"] == pytest.approx(norm["gain"])
+    module.reward_model, own = loaded, module.reward_model
+    try:
+        assert float(module.policy_sample_scores(prompts).double().std()) == pytest.approx(1.0, rel=1e-4)
+    finally:
+        module.reward_model = own
+
+
+def test_gain_scales_to_the_target_std(tiny_exports):
+    from lit_instruct.stages.reward import RewardGain
+
+    sft = str(tiny_exports / "sft")
+    data = RewardDataModule(max_length=128, normalization_rows=16)
+    stds = []
+    for target in (1.0, 2.5):
+        module = RewardModule(sft, gain=RewardGain(policy=sft, max_new_tokens=8, batch_size=8, target_std=target))
+        data.connect(module.tokenizer, 128)
+        module.normalize(data.demonstrations(), data.policy_prompts())
+        stds.append(float(module.policy_sample_scores(data.policy_prompts()).double().std()))
+    assert stds == pytest.approx([1.0, 2.5], rel=1e-4)
+
+
+def test_hugging_face_loads_the_gained_export_as_reward_minus_shift(gained):
+    from transformers import AutoModelForSequenceClassification
+
+    module, _, _, _, export = gained
+    hf = AutoModelForSequenceClassification.from_pretrained(export).eval()
+    ids = module.tokenizer("Hello there", return_tensors="pt")["input_ids"]
+    module.reward_model.eval()
+    with torch.no_grad():
+        ours = module.reward_model(ids, torch.ones_like(ids))
+        theirs = hf(input_ids=ids).logits[:, 0]
+    assert torch.allclose(ours - module.reward_model.reward_shift, theirs, atol=1e-5)
+
+
+def test_gain_needs_prompts_and_a_policy_with_the_same_tokenizer(tiny_exports, tmp_path):
+    from transformers import AutoTokenizer
+
+    from lit_instruct.stages.reward import RewardGain
+
+    sft = str(tiny_exports / "sft")
+    module = RewardModule(sft, gain=RewardGain(policy=sft, max_new_tokens=4))
+    with pytest.raises(ValueError, match="policy_prompts_file"):
+        module.normalize([("Hi", "Hello")], [])
+    other = AutoTokenizer.from_pretrained(sft)
+    other.add_tokens(["<extra_token>"])
+    other.save_pretrained(tmp_path / "policy")
+    module.gain.policy = str(tmp_path / "policy")
+    with pytest.raises(ValueError, match="tokenizer differs"):
+        module.policy_sample_scores(["Hi"])

@@ -1,0 +1,87 @@
+"""What PPO's validation measures of a policy on held-out prompts and held-out pretraining text, and the held-apart
+judge that scores its responses beside the reward model it optimises.
+
+Every number is a mean over held-out episodes (or tokens, for the pretraining loss):
+
+- ``val/score``: the reward PPO optimises (the reward model's score, ``missing_eos_penalty`` where a response never
+  ended); ``val/reward_model_score``: the reward model's own score, no penalty;
+- ``val/judge_score``: a second reward model's score, one PPO never optimises (``judge_path``): when the optimised
+  score rises and the judge's does not, the policy is exploiting the reward model;
+- ``val/kl``: KL to the reference in nats per response; ``val/response_length``: tokens per response, EOS included;
+  ``val/eos_fraction``: the share of responses that ended (emitted EOS) within the length limit;
+- ``val/pretrain_loss``: the LM loss on held-out pretraining text (the alignment tax).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+
+from lit_instruct.models.reward_model import RewardModel
+from lit_instruct.rollout import Rollout
+
+#: Per-episode measures of a rollout, by metric name (after ``val/``).
+EPISODE_METRICS = ("score", "reward_model_score", "judge_score", "kl", "response_length", "eos_fraction")
+
+
+def load_judge(judge_path: Optional[str], reward_model_path: str, dtype) -> Optional[RewardModel]:
+    """The held-apart judge (frozen, eval mode), or ``None``. Refuses the reward model PPO optimises: a judge must
+    be one the policy never sees the gradient of."""
+    if not judge_path:
+        return None
+    if Path(judge_path).resolve() == Path(reward_model_path).resolve():
+        raise ValueError(f"judge_path {judge_path} is the reward model PPO optimises; a judge must be held apart "
+                         "(a reward model trained differently, or on other data)")
+    judge = RewardModel.from_pretrained(judge_path, dtype=dtype, require_normalization=False).eval()
+    judge.requires_grad_(False)
+    return judge
+
+
+@torch.no_grad()
+def judge_scores(judge: RewardModel, rollout: Rollout, tokenizer) -> torch.Tensor:
+    """The judge's scores of a rollout's responses, (b,) on the rollout's device. A judge with the policy's
+    tokenizer reads the rollout's tokens, as the reward model does; another reads the decoded text (the prompt as
+    the policy saw it, formatted; the response up to EOS)."""
+    if judge.tokenizer.get_vocab() == tokenizer.get_vocab():
+        return judge(rollout.input_ids, rollout.attention_mask)
+    prompts = [tokenizer.decode(q[m.bool()], skip_special_tokens=True) for q, m in zip(rollout.query, rollout.query_mask)]
+    responses = [tokenizer.decode(r[m.bool()], skip_special_tokens=True) for r, m in zip(rollout.response, rollout.response_mask)]
+    return judge.score(prompts, responses, prompts_are_formatted=True).to(rollout.response.device)
+
+
+class HeldOutMeasures(nn.Module):
+    """Running means of PPO validation's measures (see the module docstring); a submodule, so it follows the
+    LightningModule's device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.episode = nn.ModuleDict({name: MeanMetric() for name in EPISODE_METRICS})
+        self.pretrain_loss = MeanMetric()
+        self.judged = False
+
+    def update_rollout(self, rollout: Rollout, judge: Optional[torch.Tensor] = None) -> None:
+        mask = rollout.response_mask.float()
+        values = {"score": rollout.scores, "reward_model_score": rollout.reward_model_scores,
+                  "kl": ((rollout.logprobs - rollout.ref_logprobs) * mask).sum(1), "response_length": mask.sum(1),
+                  "eos_fraction": rollout.ended.float()}
+        if judge is not None:
+            values["judge_score"] = judge
+            self.judged = True
+        for name, value in values.items():
+            self.episode[name].update(value)
+
+    def update_pretrain(self, loss: torch.Tensor, tokens: int) -> None:
+        self.pretrain_loss.update(loss, weight=tokens)
+
+    def compute_and_reset(self) -> dict[str, torch.Tensor]:
+        """``{"val/...": mean}`` for every measure that saw data (the judge's only when there is one), then reset."""
+        out = {f"val/{name}": metric.compute() for name, metric in self.episode.items()
+               if name != "judge_score" or self.judged}
+        out["val/pretrain_loss"] = self.pretrain_loss.compute()
+        for metric in [*self.episode.values(), self.pretrain_loss]:
+            metric.reset()
+        return out
