@@ -46,18 +46,24 @@ def better_pairs(ranks: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (ranks[:, :, None] < ranks[:, None, :]) & valid
 
 
-def ranking_loss(rewards: torch.Tensor, ranks: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+def ranking_loss(
+    rewards: torch.Tensor, ranks: torch.Tensor, mask: torch.Tensor, pair_mask: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """InstructGPT's K-way ranking loss, all C(K,2) comparisons of a prompt as one batch element.
 
     For each prompt, ``-mean over its non-tied pairs of log sigmoid(r_better - r_worse)`` (the paper's
     ``1/C(K,2)`` weighting, with tied pairs dropped), then the mean over prompts, so every prompt weighs the
     same whatever its K. Each completion's reward is computed once; K varies across the batch through ``mask``.
 
-    rewards: (b, k) float; ranks: (b, k) long; mask: (b, k) bool. A prompt with no non-tied pair is an error.
+    rewards: (b, k) float; ranks: (b, k) long; mask: (b, k) bool; pair_mask: (b, k, k) bool or ``None``, False
+    where the comparison of completions i and j is left out (both cut to fit the context, say): the prompt's mean
+    is then over its remaining pairs. A prompt with no (remaining) non-tied pair is an error.
     Returns ``loss`` (scalar) and, for metrics, one entry per compared pair (flattened over the batch):
     ``pair_margin`` (r_better - r_worse) and ``pair_k`` (the K of the pair's prompt).
     """
     pairs = better_pairs(ranks, mask)  # (b, k, k)
+    if pair_mask is not None:
+        pairs = pairs & pair_mask
     n_pairs = pairs.sum(dim=(1, 2))  # (b,)
     if bool((n_pairs == 0).any()):
         raise ValueError("ranking_loss: a prompt has no non-tied pair of completions")

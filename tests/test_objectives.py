@@ -65,14 +65,15 @@ def test_token_logprobs_are_zero_where_ignored_and_match_log_softmax():
 from lit_instruct.objectives import better_pairs, last_index, ranking_loss  # noqa: E402
 
 
-def reference_ranking_loss(rewards: list[list[float]], ranks: list[list[int]]) -> float:
-    """Plain loop: per prompt, mean over non-tied ordered pairs of -log sigmoid(r_better - r_worse); mean over prompts."""
+def reference_ranking_loss(rewards: list[list[float]], ranks: list[list[int]], keep=None) -> float:
+    """Plain loop: per prompt, mean over non-tied ordered pairs (those with ``keep[b][i][j]``, when given) of
+    -log sigmoid(r_better - r_worse); mean over prompts."""
     per_prompt = []
-    for r, rk in zip(rewards, ranks):
+    for b, (r, rk) in enumerate(zip(rewards, ranks)):
         terms = []
         for i in range(len(r)):
             for j in range(len(r)):
-                if rk[i] < rk[j]:
+                if rk[i] < rk[j] and (keep is None or keep[b][i][j]):
                     terms.append(-math.log(1 / (1 + math.exp(-(r[i] - r[j])))))
         per_prompt.append(sum(terms) / len(terms))
     return sum(per_prompt) / len(per_prompt)
@@ -113,6 +114,28 @@ def test_ranking_loss_equals_a_python_loop_over_all_pairs(seed):
     n_pairs = sum(ri < rj for rk in ranks for ri in rk for rj in rk)
     assert out["pair_margin"].numel() == n_pairs
     assert sorted(out["pair_k"].tolist()) == sorted(len(rk) for rk in ranks for ri in rk for rj in rk if ri < rj)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_ranking_loss_with_a_pair_mask_equals_a_python_loop_over_the_kept_pairs(seed):
+    rewards, ranks = random_groups(seed)
+    R, K, M = grid(rewards, ranks)
+    rng = torch.Generator().manual_seed(100 + seed)
+    keep = torch.rand(R.shape[0], R.shape[1], R.shape[1], generator=rng) < 0.5
+    for b, rk in enumerate(ranks):  # every prompt keeps at least one non-tied pair
+        i, j = next((i, j) for i in range(len(rk)) for j in range(len(rk)) if rk[i] < rk[j])
+        keep[b, i, j] = True
+    keep_lists = keep.tolist()
+    out = ranking_loss(R, K, M, keep)
+    assert math.isclose(float(out["loss"]), reference_ranking_loss(rewards, ranks, keep_lists), rel_tol=1e-6)
+    kept = [(b, i, j) for b, rk in enumerate(ranks) for i in range(len(rk)) for j in range(len(rk)) if rk[i] < rk[j] and keep_lists[b][i][j]]
+    assert sorted(out["pair_margin"].tolist()) == pytest.approx(sorted(rewards[b][i] - rewards[b][j] for b, i, j in kept))
+    assert not math.isclose(float(out["loss"]), reference_ranking_loss(rewards, ranks), rel_tol=1e-6)  # the mask mattered
+
+
+def test_ranking_loss_refuses_a_prompt_whose_pairs_are_all_masked():
+    with pytest.raises(ValueError, match="no non-tied pair"):
+        ranking_loss(torch.zeros(1, 2), torch.tensor([[0, 1]]), torch.ones(1, 2, dtype=torch.bool), torch.zeros(1, 2, 2, dtype=torch.bool))
 
 
 def test_ranking_loss_k2_is_logsigmoid_of_the_margin():

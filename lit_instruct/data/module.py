@@ -64,12 +64,23 @@ class DataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, stage: Optional[str] = None) -> None:
-        if self.prepared:
-            return
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        if module is not None and not self.connected:
-            self.connect_module(module)
-        self.prepare()
+        if not self.prepared:
+            module = self.trainer.lightning_module if self.trainer is not None else None
+            if module is not None and not self.connected:
+                self.connect_module(module)
+            self.prepare()
+        if self.trainer is not None and not self.metrics_logged:
+            metrics = self.metrics()
+            for logger in self.trainer.loggers if metrics else []:
+                logger.log_metrics(metrics, step=0)
+            self.metrics_logged = True
+
+    metrics_logged = False
+
+    def metrics(self) -> dict[str, float]:
+        """Statistics of the data (``data/...``), logged once, at the first :meth:`setup` with a Trainer (default:
+        none)."""
+        return {}
 
     def prepare(self) -> None:
         """Read, validate and encode the data (called by :meth:`setup`; usable without a Trainer, after
@@ -98,13 +109,18 @@ class DataModule(L.LightningDataModule):
 class Stats:
     """What encoding did to the rows of one split: rows kept (``cut`` of them, or of their completions, shortened to
     fit) and rows skipped as over-long (each with its file, line and reason); rankings also count the completions
-    and the comparisons (non-tied pairs) kept."""
+    and the comparisons (non-tied pairs) kept, those with one side or both sides cut, and those (and the prompts
+    left with none) that the reward data's ``cut_comparisons`` leaves out of training."""
 
     kept: int = 0
     cut: int = 0
     skipped: list[Problem] = field(default_factory=list)
     completions: int = 0
     comparisons: int = 0
+    comparisons_cut_one: int = 0
+    comparisons_cut_both: int = 0
+    comparisons_dropped: int = 0
+    prompts_dropped: int = 0
 
 
 def overlong_prompt(prompt_tokens: int, max_length: int, what: str) -> str:

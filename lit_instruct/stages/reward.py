@@ -25,7 +25,7 @@ from lit_instruct.models.causal_lm import (
     load_tokenizer,
 )
 from lit_instruct.models.reward_model import RewardModel
-from lit_instruct.objectives import ranking_loss
+from lit_instruct.objectives import better_pairs, ranking_loss
 from lit_instruct.rollout import collate_prompts, generate
 from lit_instruct.stages.stage import Stage, default_optimizer
 from lit_instruct.utils import as_group
@@ -109,6 +109,9 @@ class RewardModule(Stage):
         self.val_accuracy = BinaryAccuracy()
         self.val_accuracy_by_k = PairAccuracyByK(max_k)
         self.val_length_baseline = MeanMetric()
+        # The same on the comparisons with neither completion cut to fit the context (RewardDataModule.cut_comparisons)
+        self.val_accuracy_uncut = MeanMetric()
+        self.val_length_baseline_uncut = MeanMetric()
 
     @property
     def context_length(self) -> int:
@@ -121,7 +124,7 @@ class RewardModule(Stage):
         return grid.index_put((batch["group"], batch["slot"]), flat)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out = ranking_loss(self.rewards(batch), batch["ranks"], batch["mask"])
+        out = ranking_loss(self.rewards(batch), batch["ranks"], batch["mask"], batch.get("pair_mask"))
         self.log("train/loss", out["loss"], prog_bar=True)
         self.log("train/accuracy", (out["pair_margin"] > 0).float().mean(), prog_bar=True)
         self.log("train/margin", out["pair_margin"].mean())
@@ -134,7 +137,13 @@ class RewardModule(Stage):
         lengths = batch["attention_mask"].sum(-1).float()
         by_length = ranking_loss(lengths.new_zeros(batch["mask"].shape).index_put((batch["group"], batch["slot"]), lengths),
                                  batch["ranks"], batch["mask"])["pair_margin"]
-        self.val_length_baseline.update((by_length > 0).float() + 0.5 * (by_length == 0).float())
+        length_wins = (by_length > 0).float() + 0.5 * (by_length == 0).float()
+        self.val_length_baseline.update(length_wins)
+        if "cut" in batch:  # pair_margin lists the pairs in better_pairs' order
+            uncut = ~batch["cut"]
+            uncut = (uncut[:, :, None] & uncut[:, None, :])[better_pairs(batch["ranks"], batch["mask"])]
+            self.val_accuracy_uncut.update((out["pair_margin"][uncut] > 0).float())
+            self.val_length_baseline_uncut.update(length_wins[uncut])
         self.val_loss.update(out["loss"], weight=batch["mask"].shape[0])
         self.val_margin.update(out["pair_margin"])
         probs = torch.sigmoid(out["pair_margin"])
@@ -146,9 +155,12 @@ class RewardModule(Stage):
         self.log("val/accuracy", self.val_accuracy.compute(), prog_bar=True, sync_dist=True)
         self.log("val/margin", self.val_margin.compute(), sync_dist=True)
         self.log("val/length_baseline_accuracy", self.val_length_baseline.compute(), sync_dist=True)
+        self.log("val/accuracy_uncut", self.val_accuracy_uncut.compute(), sync_dist=True)  # nan without uncut pairs
+        self.log("val/length_baseline_accuracy_uncut", self.val_length_baseline_uncut.compute(), sync_dist=True)
         for k, accuracy in self.val_accuracy_by_k.compute().items():  # synced: every rank logs the same Ks
             self.log(f"val/accuracy_k{k}", accuracy)
-        for metric in (self.val_loss, self.val_margin, self.val_accuracy, self.val_length_baseline, self.val_accuracy_by_k):
+        for metric in (self.val_loss, self.val_margin, self.val_accuracy, self.val_length_baseline, self.val_accuracy_by_k,
+                       self.val_accuracy_uncut, self.val_length_baseline_uncut):
             metric.reset()
 
     def trained_module(self) -> nn.Module:

@@ -1,5 +1,6 @@
 """Reward stage: gradients reach the backbone, training, normalisation, export and scoring, the CLI."""
 
+import csv
 import json
 
 import pytest
@@ -158,3 +159,52 @@ def test_gain_needs_prompts_and_a_policy_with_the_same_tokenizer(tiny_exports, t
     module.gain.policy = str(tmp_path / "policy")
     with pytest.raises(ValueError, match="tokenizer differs"):
         module.policy_sample_scores(["Hi"])
+
+
+# ---------------------------------------------------------------- comparisons whose completions are cut to fit
+CUT_ROWS = [  # at 24 tokens the two long completions are cut (their EOS lost); the others fit
+    {"prompt": "Mixed?", "completions": ["apple", "banana" + " and" * 40, "cherry" + " and" * 40, "date fig grape"], "ranking": [0, 1, 2, 3]},
+    {"prompt": "Short?", "completions": ["no", "a longer answer here"], "ranking": [0, 1]},
+]
+
+
+def cut_data(tokenizer, tmp_path, **kwargs):
+    path = write_jsonl(tmp_path / "cut.jsonl", CUT_ROWS)
+    data = RewardDataModule(train_file=path, val_file=path, demonstrations_file=None, **kwargs)
+    data.connect(tokenizer, 24)
+    return data
+
+
+def shorter_wins(batch):
+    """A stand-in reward model: minus the length, so that the shorter completion wins (ties where both are cut)."""
+    lengths = batch["attention_mask"].sum(-1).float()
+    return -lengths.new_zeros(batch["mask"].shape).index_put((batch["group"], batch["slot"]), lengths)
+
+
+def test_validation_reports_accuracy_and_the_length_baseline_on_the_uncut_comparisons(tokenizer, tmp_path, monkeypatch):
+    data = cut_data(tokenizer, tmp_path, cut_comparisons="drop")
+    module = RewardModule()
+    monkeypatch.setattr(module, "rewards", shorter_wins)
+    metrics = quiet_trainer(logger=CSVLogger(tmp_path)).validate(module, datamodule=data)[0]
+    # All 7 comparisons count, whatever the policy; on the two uncut ones (apple > date, no > a longer answer) the
+    # shorter completion wins: the stand-in is always right there, and "the longer wins" always wrong.
+    assert metrics["val/length_baseline_accuracy"] == pytest.approx(2.5 / 7)  # banana = cherry: a tie, half a point
+    assert metrics["val/length_baseline_accuracy_uncut"] == 0.0
+    assert metrics["val/accuracy_uncut"] == 1.0
+    assert metrics["val/accuracy"] < 1.0
+    rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
+    logged = next(r for r in rows if r.get("data/val_comparisons_cut_both"))
+    assert float(logged["data/val_comparisons_cut_both"]) == 1 and float(logged["data/train_comparisons_dropped"]) == 5
+
+
+def test_training_leaves_out_the_comparisons_the_policy_drops(tokenizer, tmp_path, monkeypatch):
+    data = cut_data(tokenizer, tmp_path, cut_comparisons="drop_both")
+    data.prepare()
+    module = RewardModule()
+    monkeypatch.setattr(module, "rewards", shorter_wins)
+    batch = RankedCollator(tokenizer.pad_token_id)(data.train_examples())
+    assert not bool(batch["pair_mask"].all())  # banana vs cherry, both cut, is left out
+    loss = module.training_step(batch, 0)
+    expected = ranking_loss(shorter_wins(batch), batch["ranks"], batch["mask"], batch["pair_mask"])["loss"]
+    assert torch.allclose(loss, expected)
+    assert not torch.allclose(loss, ranking_loss(shorter_wins(batch), batch["ranks"], batch["mask"])["loss"])
