@@ -66,12 +66,11 @@ def test_export_is_normalised_and_scores_in_batches(trained):
     assert torch.allclose(module.reward_model.score(["Hi"], ["Hello!"]), rm.score(["Hi"], ["Hello!"]), atol=1e-5)
 
 
-def test_cli_reward_stage_from_an_sft_export(tmp_path):
-    sft = run_cli("fit", "--config", str(CONFIGS / "sft" / "tiny.yaml"), *tiny_overrides(tmp_path / "sft"))
-    assert sft.returncode == 0, sft.stderr[-3000:]
+def test_cli_reward_stage_from_an_sft_export(tiny_exports, tmp_path):
+    """The SFT export is the session's (an SFT stage's export like any other; the SFT CLI run is test_sft's)."""
     done = run_cli("fit", "--config", str(CONFIGS / "reward" / "tiny.yaml"), *tiny_overrides(tmp_path / "rm", samples=False),
-                   "--model.model_name_or_path", str(tmp_path / "sft" / "export"), "--data.normalization_rows", "16",
-                   "--model.gain.policy", str(tmp_path / "sft" / "export"), "--model.gain.max_new_tokens", "8")
+                   "--model.model_name_or_path", str(tiny_exports / "sft"), "--data.normalization_rows", "16",
+                   "--model.gain.policy", str(tiny_exports / "sft"), "--model.gain.max_new_tokens", "8")
     assert done.returncode == 0, done.stderr[-3000:]
     rm = RewardModel.from_pretrained(tmp_path / "rm" / "export")
     assert rm.score(["Say hi"], ["hi"]).shape == (1,)
