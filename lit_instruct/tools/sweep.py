@@ -13,7 +13,8 @@ the ablation plots from it.
 Seeds are a parameter like any other: ``seed_everything: {values: [1, 2, 3]}`` (LightningCLI's top-level key) runs
 every cell of the grid once per seed, as ``--seed_everything=N``, in folders named ``...,seed=N``; a finished
 (cell, seed) is not run again. Offline, a grid runs seed by seed (the whole grid at the first seed, then at the
-next), so a sweep stopped early or given ``--count`` has covered every cell.
+next), so a sweep stopped early or given ``--count`` has covered every cell. A folder whose runs were swept over
+other parameters (from before a seed axis was added, say) is refused rather than mixed in.
 """
 
 from __future__ import annotations
@@ -179,6 +180,11 @@ class Sweep:
                 raise SystemExit(f"{out} holds runs of a sweep with another command ({record.get('file')}); "
                                  "use another --out, or delete that folder")
             self.runs = [r for r in record["runs"] if r["state"] == "finished"]
+            swept = set(self.config["parameters"])
+            other = next((r for r in self.runs if set(r["params"]) != swept), None)
+            if other is not None:  # e.g. runs from before a seed axis was added: not points of this grid
+                raise SystemExit(f"{out} holds runs swept over other parameters ({other['name']}: {sorted(other['params'])}; "
+                                 f"this file sweeps {sorted(swept)}); use another --out, or delete that folder")
 
     def save(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)

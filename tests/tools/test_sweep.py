@@ -128,3 +128,15 @@ def test_run_names_keep_the_seed_when_cut():
     name = run_name(7, params)
     assert len(name) <= 120 and name.startswith("07-") and name.endswith(",seed=12345")
     assert run_name(1, {"model.kl.kl_coef": 0.02, "seed_everything": 3}) == "01-kl_coef=0.02,seed=3"
+
+
+def test_a_sweep_folder_of_runs_without_the_seed_axis_is_refused(tmp_path):
+    """Runs recorded before the file gained seed_everything are no points of its grid: adding the axis to a folder
+    of single-seed runs would mix them in (pooled as an extra seed of code since changed); the sweep says so."""
+    path = ROOT / "sweeps" / "alignment_tax_tiny.yaml"
+    sweep = Sweep(path, tmp_path, check=False)
+    params = {k: v for k, v in sweep.proposals(1)[0].items() if k != "seed_everything"}
+    sweep.runs = [{"name": run_name(1, params), "params": params, "state": "finished", "summary": {}}]
+    sweep.save()
+    with pytest.raises(SystemExit, match="swept over other parameters"):
+        Sweep(path, tmp_path, check=False)
