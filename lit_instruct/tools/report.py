@@ -104,9 +104,9 @@ def study_report(out: Path, folder: Path, rows: list[dict], cells: list[dict], b
     per_cell = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
     title = f"alignment-tax study: {sweep.get('name', folder.name)} ({len(cells)} cells, {per_cell} seeds each)"
     plots.alignment_tax(rows, cells, baseline, out / "study.png", title)
-    lines = [f"# {title}", "", f"Runs under `{folder}`; every number is the run's final validation on the same held-out "
+    lines = [f"# {title}", "", (f"Runs under `{folder}`; every number is the run's final validation on the same held-out "
              "prompts (RM score of sampled responses, KL to the SFT model in nats per response) and held-out "
-             "pretraining text (LM loss).", "",
+             "pretraining text (LM loss)."), "",
              f"Per cell (kl_coef, ptx_coef): n runs with different seeds; each metric is the mean over them ± the "
              f"half-width of its {CONFIDENCE:.0%} Student-t interval, t(0.975, n-1) · s / sqrt(n). "
              + ("Every cell has one seed: the numbers are single runs and there are no intervals (their noise is "

@@ -29,7 +29,6 @@ from lit_instruct.tools.aggregate import cell_aggregates, repeated_seeds
 from lit_instruct.tools.configs import load_config
 from lit_instruct.tools.report import study_report, study_table
 
-
 #: The metrics every run must have to be studied (the plotted ones); the rest of ``HELD_OUT_METRICS`` is taken
 #: where a run has it, so runs exported before a metric was added still count.
 REQUIRED = ("score", "kl", "pretrain_loss")

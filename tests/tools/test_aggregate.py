@@ -5,7 +5,13 @@ import random
 
 import pytest
 
-from lit_instruct.tools.aggregate import cell_aggregates, mean_ci, metric_names, repeated_seeds, t_quantile
+from lit_instruct.tools.aggregate import (
+    cell_aggregates,
+    mean_ci,
+    metric_names,
+    repeated_seeds,
+    t_quantile,
+)
 
 
 def test_t_quantiles_are_the_textbook_values():

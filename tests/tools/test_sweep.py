@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, run_cli
 
-from lit_instruct.tools.sweep import Sweep, SweepFileError, expand_command, load_sweep, run_name
+from lit_instruct.tools.sweep import (
+    Sweep,
+    SweepFileError,
+    expand_command,
+    load_sweep,
+    run_name,
+)
 
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
 
@@ -117,7 +123,7 @@ def test_a_resumed_seed_sweep_runs_only_the_missing_cell_seed_pairs(tmp_path):
     sweep.runs.append({"name": run_name(15, failed), "params": failed, "state": "failed"})
     sweep.save()
     rest = Sweep(path, tmp_path, check=False).proposals(None)
-    key = lambda p: tuple(sorted(p.items()))  # noqa: E731
+    key = lambda p: tuple(sorted(p.items()))
     assert {key(p) for p in rest} == {key(p) for p in everything[14:]} and len(rest) == len(everything) - 14
     assert rest[0] == failed
     assert Sweep(path, tmp_path, check=False).proposals(3) == everything[14:17]
