@@ -90,29 +90,47 @@ def _symlog_axis(ax, values: list[float]) -> None:
         ax.set_xscale("symlog", linthresh=min(positive)) if min(values) <= 0 else ax.set_xscale("log")
 
 
-def alignment_tax(rows: list[dict], baseline: dict | None, path: Path, title: str) -> None:
+def _mean_and_error(cell: dict, metric: str) -> tuple[float, float]:
+    """A cell's mean of ``metric`` and its interval's half-width (NaN, so no bar is drawn, for one seed)."""
+    stats = cell["metrics"][metric]
+    return stats["mean"], stats["half_width"] if stats["half_width"] is not None else float("nan")
+
+
+def alignment_tax(rows: list[dict], cells: list[dict], baseline: dict | None, path: Path, title: str) -> None:
     """The study's panels: RM score (top) and held-out pretraining loss (bottom) against ``ptx_coef`` (a line per
-    ``kl_coef``), against ``kl_coef`` (a line per ``ptx_coef``), and against the measured KL; SFT dashed."""
-    kl_coefs = sorted({r["kl_coef"] for r in rows})
-    ptx_coefs = sorted({r["ptx_coef"] for r in rows})
+    ``kl_coef``), against ``kl_coef`` (a line per ``ptx_coef``), and against the measured KL; SFT dashed. Each point
+    is a cell's mean over its seeds (``cells``), with its 95% interval as error bars; each run (``rows``) a faint dot."""
+    kl_coefs = sorted({c["kl_coef"] for c in cells})
+    ptx_coefs = sorted({c["ptx_coef"] for c in cells})
     colours = _pyplot().get_cmap("viridis")
-    with figure(path, 2, 3, figsize=(15, 8.5), dpi=90, title=title + ("  (dashed: SFT)" if baseline else "")) as axes:
+    note = "points: mean over seeds, bars: 95% t interval, dots: runs" + ("; dashed: SFT" if baseline else "")
+    with figure(path, 2, 3, figsize=(15, 8.5), dpi=90, title=f"{title}\n({note})") as axes:
         for row_index, (metric, label) in enumerate((("score", "validation RM score (normalised)"),
                                                       ("pretrain_loss", "held-out pretraining loss"))):
             # metric vs one coefficient, a line per value of the other
             for ax, x, line, marker, xlabel in ((axes[row_index, 0], "ptx_coef", "kl_coef", "o-", "ptx_coef (gamma; 0 = plain PPO)"),
                                                 (axes[row_index, 1], "kl_coef", "ptx_coef", "s-", "kl_coef (beta)")):
-                values = sorted({r[line] for r in rows})
+                values = sorted({c[line] for c in cells})
                 for i, value in enumerate(values):
-                    points = sorted((r[x], r[metric]) for r in rows if r[line] == value)
-                    ax.plot(*zip(*points), marker, color=colours(i / max(1, len(values) - 1)), label=f"{line} {value:g}")
-                _symlog_axis(ax, sorted({r[x] for r in rows}))
+                    colour = colours(i / max(1, len(values) - 1))
+                    sel = sorted((c for c in cells if c[line] == value), key=lambda c: c[x])
+                    means, errors = zip(*(_mean_and_error(c, metric) for c in sel))
+                    ax.errorbar([c[x] for c in sel], means, yerr=errors, fmt=marker, color=colour, capsize=3,
+                                label=f"{line} {value:g}")
+                    runs = [r for r in rows if r[line] == value]
+                    ax.scatter([r[x] for r in runs], [r[metric] for r in runs], color=colour, s=14, alpha=0.45, linewidths=0)
+                _symlog_axis(ax, sorted({c[x] for c in cells}))
                 ax.set_xlabel(xlabel)
             ax = axes[row_index, 2]  # metric vs measured KL, coloured by ptx_coef, marker size by kl_coef
             for i, ptx_coef in enumerate(ptx_coefs):
-                sel = [r for r in rows if r["ptx_coef"] == ptx_coef]
-                ax.scatter([r["kl"] for r in sel], [r[metric] for r in sel], color=colours(i / max(1, len(ptx_coefs) - 1)),
-                           s=[30 + 30 * kl_coefs.index(r["kl_coef"]) for r in sel], label=f"ptx_coef {ptx_coef:g}")
+                colour = colours(i / max(1, len(ptx_coefs) - 1))
+                sel = [c for c in cells if c["ptx_coef"] == ptx_coef]
+                (kl, kl_error), (y, y_error) = [zip(*(_mean_and_error(c, m) for c in sel)) for m in ("kl", metric)]
+                ax.errorbar(kl, y, xerr=kl_error, yerr=y_error, fmt="none", ecolor=colour, capsize=2, alpha=0.7)
+                ax.scatter(kl, y, color=colour, s=[30 + 30 * kl_coefs.index(c["kl_coef"]) for c in sel],
+                           label=f"ptx_coef {ptx_coef:g}")
+                runs = [r for r in rows if r["ptx_coef"] == ptx_coef]
+                ax.scatter([r["kl"] for r in runs], [r[metric] for r in runs], color=colour, s=14, alpha=0.45, linewidths=0)
             if baseline:
                 ax.scatter([0.0], [baseline[metric]], marker="*", color="k", s=150, label="SFT")
             ax.set_xlabel("KL to SFT (nats per response); marker size grows with kl_coef")

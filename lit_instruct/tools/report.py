@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from lit_instruct.tools import plots
+from lit_instruct.tools.aggregate import CONFIDENCE
 
 #: The policies a pipeline report compares, by the label its table gives them.
 POLICIES = {"sft": "SFT", "ppo": "PPO (ptx_coef 0)", "ppo_ptx": "PPO-ptx"}
@@ -106,34 +107,82 @@ def pipeline_report(out: Path, results: dict, timings: dict[str, float], total_s
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
-def study_table(rows: list[dict], baseline: dict | None) -> list[str]:
-    """The study's runs as a markdown table, the SFT starting point first."""
-    lines = ["| kl_coef | ptx_coef | RM score | KL | pretraining loss | response length | run |", "|---|---|---|---|---|---|---|"]
+#: The study's column heading and number format per metric; a metric not named here gets its own name and 3 decimals.
+STUDY_COLUMNS = {"score": ("RM score", ".3f"), "kl": ("KL", ".2f"), "pretrain_loss": ("pretraining loss", ".3f"),
+                 "response_length": ("response length", ".1f")}
+
+
+def _column(name: str) -> tuple[str, str]:
+    return STUDY_COLUMNS.get(name, (name, ".3f"))
+
+
+def _study_metrics(cells: list[dict]) -> list[str]:
+    return list(dict.fromkeys(name for cell in cells for name in cell["metrics"]))
+
+
+def _mean_pm(stats: dict | None, fmt: str) -> str:
+    """``mean ± half-width``; the mean alone for one seed (no interval), blank for a metric the cell lacks."""
+    if stats is None:
+        return ""
+    mean = format(stats["mean"] + 0.0, fmt)
+    return mean if stats["half_width"] is None else f"{mean} ± {format(stats['half_width'], fmt)}"
+
+
+def study_table(cells: list[dict], baseline: dict | None) -> list[str]:
+    """The study's cells as a markdown table, the SFT starting point first: per cell the number of seeds n and each
+    metric's mean ± half-width of its 95% interval over the seeds (the mean alone where n is 1)."""
+    names = _study_metrics(cells)
+    lines = ["| kl_coef | ptx_coef | n | " + " | ".join(_column(n)[0] for n in names) + " | seeds |",
+             "|---" * (len(names) + 4) + "|"]
     if baseline:
-        lines.append(f"| (SFT) | | {baseline['score']:.3f} | 0 | {baseline['pretrain_loss']:.3f} | {baseline['response_length']:.1f} | `{baseline['policy']}` |")
-    for r in rows:
-        lines.append(f"| {r['kl_coef']:g} | {r['ptx_coef']:g} | {r['score']:.3f} | {r['kl']:.2f} | {r['pretrain_loss']:.3f} "
-                     f"| {r['response_length']:.1f} | `{r['run']}` |")
+        values = ["0" if n == "kl" else (format(baseline[n], _column(n)[1]) if n in baseline else "") for n in names]
+        lines.append("| (SFT) | | | " + " | ".join(values) + f" | `{baseline['policy']}` |")
+    for cell in cells:
+        values = [_mean_pm(cell["metrics"].get(n), _column(n)[1]) for n in names]
+        seeds = ", ".join("?" if s is None else str(s) for s in cell["seeds"])
+        lines.append(f"| {cell['kl_coef']:g} | {cell['ptx_coef']:g} | {cell['n']} | " + " | ".join(values) + f" | {seeds} |")
     return lines
 
 
-def study_report(out: Path, folder: Path, rows: list[dict], baseline: dict | None, sweep: dict) -> dict:
-    """``study.png``, ``study.md`` and ``study.json`` in ``out`` for the runs gathered under ``folder`` (``sweep``:
-    its ``sweep.json``, or {}); returns what ``study.json`` holds."""
-    title = f"alignment-tax study: {sweep.get('name', folder.name)} ({len(rows)} runs)"
-    plots.alignment_tax(rows, baseline, out / "study.png", title)
-    lines = [f"# {title}", "", f"Runs under `{folder}`; every number is the run's final validation on the same held-out "
+def study_runs_table(rows: list[dict], names: list[str]) -> list[str]:
+    """Every run of the study, one line each, with its seed and its ``names`` metrics."""
+    lines = ["| kl_coef | ptx_coef | seed | " + " | ".join(_column(n)[0] for n in names) + " | run |",
+             "|---" * (len(names) + 4) + "|"]
+    for r in rows:
+        values = [format(r[n] + 0.0, _column(n)[1]) if n in r else "" for n in names]
+        seed = "?" if r.get("seed") is None else r["seed"]
+        lines.append(f"| {r['kl_coef']:g} | {r['ptx_coef']:g} | {seed} | " + " | ".join(values) + f" | `{r['run']}` |")
+    return lines
+
+
+def study_report(out: Path, folder: Path, rows: list[dict], cells: list[dict], baseline: dict | None, sweep: dict) -> dict:
+    """``study.png``, ``study.md`` and ``study.json`` in ``out`` for the runs gathered under ``folder`` and their
+    per-cell aggregates ``cells`` (``sweep``: its ``sweep.json``, or {}); returns what ``study.json`` holds."""
+    seeds = sorted({cell["n"] for cell in cells})
+    per_cell = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
+    title = f"alignment-tax study: {sweep.get('name', folder.name)} ({len(cells)} cells, {per_cell} seeds each)"
+    plots.alignment_tax(rows, cells, baseline, out / "study.png", title)
+    lines = [f"# {title}", "", (f"Runs under `{folder}`; every number is the run's final validation on the same held-out "
              "prompts (RM score of sampled responses, KL to the SFT model in nats per response) and held-out "
-             "pretraining text (LM loss).", ""]
+             "pretraining text (LM loss)."), "",
+             f"Per cell (kl_coef, ptx_coef): n runs with different seeds; each metric is the mean over them ± the "
+             f"half-width of its {CONFIDENCE:.0%} Student-t interval, t(0.975, n-1) · s / sqrt(n). "
+             + ("Every cell has one seed: the numbers are single runs and there are no intervals (their noise is "
+                "not measured here)." if seeds == [1] else
+                "A cell with one seed shows its run's value alone: one run gives no interval."), ""]
     if baseline:
-        best = max(rows, key=lambda r: r["score"])
-        taxed = [r for r in rows if r["pretrain_loss"] > baseline["pretrain_loss"]]
-        lines += [f"Best RM score: {best['score']:.3f} at kl_coef {best['kl_coef']:g}, ptx_coef {best['ptx_coef']:g} "
-                  f"(SFT {baseline['score']:.3f}). Runs whose held-out pretraining loss ended above SFT's "
-                  f"({baseline['pretrain_loss']:.3f}): {len(taxed)} of {len(rows)}"
-                  + (f", ptx_coef {sorted({r['ptx_coef'] for r in taxed})}." if taxed else "."), ""]
-    lines += ["![study](study.png)", ""] + study_table(rows, baseline)
+        def mean(cell: dict, name: str) -> float:
+            return cell["metrics"][name]["mean"]
+
+        best = max(cells, key=lambda c: mean(c, "score"))
+        taxed = [c for c in cells if mean(c, "pretrain_loss") > baseline["pretrain_loss"]]
+        lines += [f"Best mean RM score: {mean(best, 'score'):.3f} at kl_coef {best['kl_coef']:g}, ptx_coef "
+                  f"{best['ptx_coef']:g} (SFT {baseline['score']:.3f}). Cells whose mean held-out pretraining loss ended "
+                  f"above SFT's ({baseline['pretrain_loss']:.3f}): {len(taxed)} of {len(cells)}"
+                  + (f", ptx_coef {sorted({c['ptx_coef'] for c in taxed})}." if taxed else "."), ""]
+    lines += ["![study](study.png)", ""] + study_table(cells, baseline)
+    lines += ["", f"## Runs ({len(rows)})", ""] + study_runs_table(rows, _study_metrics(cells))
     (out / "study.md").write_text("\n".join(lines) + "\n")
-    result = {"runs": rows, "sft": baseline, "sweep": sweep.get("file")}
+    result = {"runs": rows, "cells": cells, "confidence": CONFIDENCE, "sft": baseline, "sweep": sweep.get("file")}
     _write_json(out / "study.json", result)
     return result

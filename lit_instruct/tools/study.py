@@ -2,12 +2,16 @@
 
 Gathers every run under ``DIR`` (the runs ``lit-instruct sweep`` recorded in ``DIR/sweep.json``, or any folder
 holding PPO exports, ``*/export/lit_instruct.json``), reads each run's effective ``kl.kl_coef`` and ``ptx.ptx_coef`` and
-its final held-out metrics (``val/score``, ``val/kl``, ``val/pretrain_loss``), measures the SFT starting point on
-the same held-out prompts and text once (the dashed line in every panel), and writes:
+its seed (``seed_everything`` in the ``config.yaml`` LightningCLI saved in the run folder) and its final held-out
+metrics (``val/score``, ``val/kl``, ``val/pretrain_loss`` and whatever else ``HELD_OUT_METRICS`` names), measures
+the SFT starting point on the same held-out prompts and text once (the dashed line in every panel), groups the
+runs by cell (``kl_coef``, ``ptx_coef``: a sweep's seed axis gives each cell several runs) and writes:
 
 - ``study.png``: validation reward and held-out pretraining loss against ``ptx_coef`` (log scale, 0 = plain PPO)
-  and against ``kl_coef``, and reward against KL, as in the paper's beta/gamma ablations;
-- ``study.md``: the same numbers as a table; ``study.json``: the numbers.
+  and against ``kl_coef``, and reward against KL, as in the paper's beta/gamma ablations: per cell the mean over
+  seeds with its 95% Student-t interval as error bars, each run a faint dot;
+- ``study.md``: per cell the number of seeds n and mean ± half-width of each metric, then every run;
+  ``study.json``: the per-run rows and the per-cell aggregates (:mod:`lit_instruct.tools.aggregate`).
 """
 
 from __future__ import annotations
@@ -16,33 +20,64 @@ import argparse
 import json
 from pathlib import Path
 
+import yaml
+
 from lit_instruct.evaluation import HELD_OUT_METRICS as METRICS
 from lit_instruct.evaluation import measure_policy
 from lit_instruct.stages.ppo_settings import setting
+from lit_instruct.tools.aggregate import cell_aggregates, repeated_seeds
 from lit_instruct.tools.configs import load_config
 from lit_instruct.tools.report import study_report, study_table
+
+#: The metrics every run must have to be studied (the plotted ones); the rest of ``HELD_OUT_METRICS`` is taken
+#: where a run has it, so runs exported before a metric was added still count.
+REQUIRED = ("score", "kl", "pretrain_loss")
+
+#: The cell of a run: the coefficients it was run with; its seed tells it from the other runs of its cell.
+CELL = ("kl_coef", "ptx_coef")
+
+
+def run_seed(meta: dict, run_dir: Path) -> int | None:
+    """The seed a run used: ``seed`` in its export metadata if it records one, else ``seed_everything`` in the
+    ``config.yaml`` LightningCLI saved in the run folder (the seed actually drawn when the config said ``true``);
+    ``None`` when neither says (``false``: not seeded)."""
+    for source in (meta, meta.get("hparams", {})):
+        if isinstance(source.get("seed"), int) and not isinstance(source["seed"], bool):
+            return source["seed"]
+    config_file = run_dir / "config.yaml"
+    if config_file.is_file():
+        seed = (yaml.safe_load(config_file.read_text()) or {}).get("seed_everything")
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            return seed
+    return None
 
 
 def gather(folder: Path) -> list[dict]:
     """One row per finished PPO / PPO-ptx run under ``folder``: coefficients from the export's hyperparameters
-    (what the run used, not what a file asked for; grouped, or flat in exports from before the grouping), metrics
-    from its final validation."""
+    (what the run used, not what a file asked for; grouped, or flat in exports from before the grouping), its seed
+    (:func:`run_seed`), metrics from its final validation."""
     rows = []
     for meta_path in sorted(folder.glob("**/export/lit_instruct.json")):
         meta = json.loads(meta_path.read_text())
         if meta.get("stage") not in ("ppo", "ppo_ptx"):
             continue
         hparams, metrics = meta.get("hparams", {}), meta.get("metrics", {})
-        if not all(key in metrics for key in METRICS.values()):
+        if not all(METRICS[name] in metrics for name in REQUIRED):
             continue
         run_dir = meta_path.parent.parent
-        rows.append({"run": str(run_dir.relative_to(folder)), "folder": str(run_dir),
+        rows.append({"run": str(run_dir.relative_to(folder)), "folder": str(run_dir), "seed": run_seed(meta, run_dir),
                      "kl_coef": float(setting(hparams, "kl", "kl_coef")), "ptx_coef": float(setting(hparams, "ptx", "ptx_coef")),
                      "adaptive_kl": bool(setting(hparams, "kl", "adaptive")),
-                     **{name: float(metrics[key]) for name, key in METRICS.items()},
+                     **{name: float(metrics[key]) for name, key in METRICS.items() if key in metrics},
                      "episodes": metrics.get("episodes"), "reference": meta.get("reference"),
                      "reward_model": meta.get("reward_model")})
-    return sorted(rows, key=lambda r: (r["kl_coef"], r["ptx_coef"]))
+    return sorted(rows, key=lambda r: (r["kl_coef"], r["ptx_coef"], r["seed"] is None, r["seed"] or 0, r["run"]))
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """The runs grouped by cell (:data:`CELL`), each metric of ``HELD_OUT_METRICS`` the runs have as mean and 95%
+    interval over the cell's seeds (:func:`~lit_instruct.tools.aggregate.cell_aggregates`)."""
+    return cell_aggregates(rows, CELL, [name for name in METRICS if any(name in r for r in rows)])
 
 
 def sft_baseline(rows: list[dict], cache: Path) -> dict | None:
@@ -71,8 +106,12 @@ def study(folder: Path, out: Path | None = None, baseline: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     base = sft_baseline(rows, out / "sft_baseline.json") if baseline else None
     sweep = json.loads((folder / "sweep.json").read_text()) if (folder / "sweep.json").is_file() else {}
-    result = study_report(out, folder, rows, base, sweep)
-    print("\n".join(study_table(rows, base)))
+    cells = aggregate(rows)
+    for cell in repeated_seeds(cells):
+        print(f"[study] warning: kl_coef {cell['kl_coef']:g}, ptx_coef {cell['ptx_coef']:g} has runs with the same "
+              f"seed {cell['seeds']}: repeats of one run, not independent seeds, so its interval is too narrow")
+    result = study_report(out, folder, rows, cells, base, sweep)
+    print("\n".join(study_table(cells, base)))
     print(f"[study] wrote {out / 'study.png'}, {out / 'study.md'}, {out / 'study.json'}")
     return result
 

@@ -9,6 +9,12 @@ export, checkpoints, CSV log and an offline W&B run grouped under the sweep's na
 ``<out>/sweep.json`` records every run (parameters, command, exit status, wall time, final metrics); running the
 same file with the same ``--out`` again skips the finished runs and carries on. ``lit-instruct study <out>`` draws
 the ablation plots from it.
+
+Seeds are a parameter like any other: ``seed_everything: {values: [1, 2, 3]}`` (LightningCLI's top-level key) runs
+every cell of the grid once per seed, as ``--seed_everything=N``, in folders named ``...,seed=N``; a finished
+(cell, seed) is not run again. Offline, a grid runs seed by seed (the whole grid at the first seed, then at the
+next), so a sweep stopped early or given ``--count`` has covered every cell. A folder whose runs were swept over
+other parameters (from before a seed axis was added, say) is refused rather than mixed in.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ import yaml
 from lit_instruct.tools.configs import run_overlay
 
 ARGS_MACRO = "${args}"
+
+#: LightningCLI's seed key: as a sweep parameter, the seed axis.
+SEED_KEY = "seed_everything"
 
 
 class SweepFileError(ValueError):
@@ -138,9 +147,15 @@ def expand_command(command: list, params: dict[str, Any], overlay: Path | None =
 
 
 def run_name(index: int, params: dict[str, Any]) -> str:
-    parts = [f"{key.split('.')[-1]}={value:.3g}" if isinstance(value, float) else f"{key.split('.')[-1]}={value}"
-             for key, value in params.items()]
-    return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", f"{index:02d}-" + ",".join(parts))[:120]
+    """The run's folder name: its index, then each parameter's last key part and value, the seed last as ``seed=N``
+    (kept whole when a long name is cut), so the runs of one cell at different seeds sit side by side."""
+    def part(key: str, value: Any) -> str:
+        return f"{key.split('.')[-1]}={value:.3g}" if isinstance(value, float) else f"{key.split('.')[-1]}={value}"
+
+    seed = f",seed={params[SEED_KEY]}" if SEED_KEY in params else ""
+    parts = ",".join(part(key, value) for key, value in params.items() if key != SEED_KEY)
+    name = re.sub(r"[^A-Za-z0-9_.=,+-]", "_", f"{index:02d}-{parts}")
+    return name[:120 - len(seed)] + re.sub(r"[^A-Za-z0-9_.=,+-]", "_", seed)
 
 
 def final_metrics(run_dir: Path) -> dict[str, float]:
@@ -165,6 +180,11 @@ class Sweep:
                 raise SystemExit(f"{out} holds runs of a sweep with another command ({record.get('file')}); "
                                  "use another --out, or delete that folder")
             self.runs = [r for r in record["runs"] if r["state"] == "finished"]
+            swept = set(self.config["parameters"])
+            other = next((r for r in self.runs if set(r["params"]) != swept), None)
+            if other is not None:  # e.g. runs from before a seed axis was added: not points of this grid
+                raise SystemExit(f"{out} holds runs swept over other parameters ({other['name']}: {sorted(other['params'])}; "
+                                 f"this file sweeps {sorted(swept)}); use another --out, or delete that folder")
 
     def save(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -172,22 +192,28 @@ class Sweep:
                                                 "runs": self.runs}, indent=2) + "\n")
 
     def proposals(self, limit: int | None) -> list[dict[str, Any]]:
-        """Parameters of the next runs the engine proposes, given the finished ones (all of a grid by default)."""
+        """Parameters of the next runs the engine proposes, given the finished ones: all of a grid (seed by seed when
+        it has a seed axis, :data:`SEED_KEY`) cut to ``limit``, or the next random / bayes run."""
         import sweeps
 
         known = [sweeps.SweepRun(name=r["name"], state=sweeps.RunState.finished,
                                  config={k: {"value": v} for k, v in r["params"].items()},
                                  summary_metrics=r.get("summary", {})) for r in self.runs]
+        grid = self.config.get("method") == "grid"
         proposed = []
-        while limit is None or len(proposed) < limit:
+        while True:
             run = sweeps.next_run(self.config, known)
             if run is None:
                 break
             proposed.append({k: v["value"] for k, v in run.config.items()})
             known.append(sweeps.SweepRun(name=f"proposed-{len(proposed)}", state=sweeps.RunState.running, config=run.config))
-            if self.config.get("method") != "grid":  # random / bayes: one at a time, bayes learns from the results
+            if not grid:  # random / bayes: one at a time, bayes learns from the results
                 break
-        return proposed
+        if grid and SEED_KEY in self.config["parameters"]:  # seed by seed; within a seed, the engine's order of cells
+            spec = self.config["parameters"][SEED_KEY]
+            seeds = spec.get("values", [spec.get("value")])
+            proposed.sort(key=lambda p: seeds.index(p[SEED_KEY]) if p.get(SEED_KEY) in seeds else len(seeds))
+        return proposed if limit is None else proposed[:limit]
 
     def preflight(self, params: dict[str, Any]) -> None:
         """Parse the first run's full command line with ``--print_config`` (no training): unknown keys, wrong types

@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, run_cli
 
-from lit_instruct.tools.sweep import Sweep, SweepFileError, expand_command, load_sweep
+from lit_instruct.tools.sweep import (
+    Sweep,
+    SweepFileError,
+    expand_command,
+    load_sweep,
+    run_name,
+)
 
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
 
@@ -86,3 +92,57 @@ def test_random_and_bayes_sweeps_need_a_run_budget(tmp_path):
     proposed = Sweep(path, tmp_path / "out", count=3, dry_run=True, check=False).run()
     values = [run["params"]["model.kl.kl_coef"] for run in proposed]
     assert len(values) == 3 and all(0.001 <= v <= 0.1 for v in values) and len(set(values)) == 3
+
+
+def test_the_study_grids_have_a_seed_axis_run_seed_by_seed_in_their_own_folders(tmp_path):
+    """seed_everything is a sweep parameter: every (cell, seed) is one run, passed as --seed_everything=N, in a
+    folder named after both; offline the grid runs seed by seed, so the first runs cover every cell once."""
+    for path in (ROOT / "sweeps" / "alignment_tax_tiny.yaml", ROOT / "sweeps" / "alignment_tax_pythia-1.4b.yaml"):
+        config = load_sweep(path)
+        seeds = config["parameters"]["seed_everything"]["values"]
+        cells = len(config["parameters"]["model.kl.kl_coef"]["values"]) * len(config["parameters"]["model.ptx.ptx_coef"]["values"])
+        proposed = Sweep(path, tmp_path / path.stem, dry_run=True, check=False).run()
+        assert len(seeds) >= 2 and len(proposed) == cells * len(seeds)
+        assert [run["params"]["seed_everything"] for run in proposed] == [s for s in seeds for _ in range(cells)]
+        first = {(r["params"]["model.kl.kl_coef"], r["params"]["model.ptx.ptx_coef"]) for r in proposed[:cells]}
+        assert len(first) == cells  # the whole grid at the first seed before any second seed
+        names = [run["name"] for run in proposed]
+        assert len(set(names)) == len(names)
+        for run in proposed:
+            seed = run["params"]["seed_everything"]
+            assert run["name"].endswith(f",seed={seed}") and f"--seed_everything={seed}" in run["command"]
+
+
+def test_a_resumed_seed_sweep_runs_only_the_missing_cell_seed_pairs(tmp_path):
+    """Finished (cell, seed) runs are not run again; a failed one is, first; --count takes the next seed's runs last."""
+    path = ROOT / "sweeps" / "alignment_tax_tiny.yaml"
+    sweep = Sweep(path, tmp_path, check=False)
+    everything = sweep.proposals(None)
+    finished, failed = everything[:14], everything[14]
+    sweep.runs = [{"name": run_name(i + 1, p), "params": p, "state": "finished", "summary": {}} for i, p in enumerate(finished)]
+    sweep.runs.append({"name": run_name(15, failed), "params": failed, "state": "failed"})
+    sweep.save()
+    rest = Sweep(path, tmp_path, check=False).proposals(None)
+    key = lambda p: tuple(sorted(p.items()))
+    assert {key(p) for p in rest} == {key(p) for p in everything[14:]} and len(rest) == len(everything) - 14
+    assert rest[0] == failed
+    assert Sweep(path, tmp_path, check=False).proposals(3) == everything[14:17]
+
+
+def test_run_names_keep_the_seed_when_cut():
+    params = {f"model.group{i}.a_long_parameter_name": 0.123456 for i in range(8)} | {"seed_everything": 12345}
+    name = run_name(7, params)
+    assert len(name) <= 120 and name.startswith("07-") and name.endswith(",seed=12345")
+    assert run_name(1, {"model.kl.kl_coef": 0.02, "seed_everything": 3}) == "01-kl_coef=0.02,seed=3"
+
+
+def test_a_sweep_folder_of_runs_without_the_seed_axis_is_refused(tmp_path):
+    """Runs recorded before the file gained seed_everything are no points of its grid: adding the axis to a folder
+    of single-seed runs would mix them in (pooled as an extra seed of code since changed); the sweep says so."""
+    path = ROOT / "sweeps" / "alignment_tax_tiny.yaml"
+    sweep = Sweep(path, tmp_path, check=False)
+    params = {k: v for k, v in sweep.proposals(1)[0].items() if k != "seed_everything"}
+    sweep.runs = [{"name": run_name(1, params), "params": params, "state": "finished", "summary": {}}]
+    sweep.save()
+    with pytest.raises(SystemExit, match="swept over other parameters"):
+        Sweep(path, tmp_path, check=False)
