@@ -97,16 +97,20 @@ def _mean_and_error(cell: dict, metric: str) -> tuple[float, float]:
 
 
 def alignment_tax(rows: list[dict], cells: list[dict], baseline: dict | None, path: Path, title: str) -> None:
-    """The study's panels: RM score (top) and held-out pretraining loss (bottom) against ``ptx_coef`` (a line per
+    """The study's panels: the judge's and the optimised RM's scores where the runs have them (else the RM
+    score), and held-out pretraining loss (bottom), against ``ptx_coef`` (a line per
     ``kl_coef``), against ``kl_coef`` (a line per ``ptx_coef``), and against the measured KL; SFT dashed. Each point
     is a cell's mean over its seeds (``cells``), with its 95% interval as error bars; each run (``rows``) a faint dot."""
     kl_coefs = sorted({c["kl_coef"] for c in cells})
     ptx_coefs = sorted({c["ptx_coef"] for c in cells})
     colours = _pyplot().get_cmap("viridis")
     note = "points: mean over seeds, bars: 95% t interval, dots: runs" + ("; dashed: SFT" if baseline else "")
-    with figure(path, 2, 3, figsize=(15, 8.5), dpi=90, title=f"{title}\n({note})") as axes:
-        for row_index, (metric, label) in enumerate((("score", "validation RM score (normalised)"),
-                                                      ("pretrain_loss", "held-out pretraining loss"))):
+    panels = [(m, label) for m, label in (("judge_score", "held-out judge score (never optimised)"),
+                                          ("reward_model_score", "held-out score of the optimised RM"))
+              if all(m in r for r in rows)] or [("score", "validation RM score (normalised)")]
+    panels.append(("pretrain_loss", "held-out pretraining loss"))
+    with figure(path, len(panels), 3, figsize=(15, 4.25 * len(panels)), dpi=90, title=f"{title}\n({note})") as axes:
+        for row_index, (metric, label) in enumerate(panels):
             # metric vs one coefficient, a line per value of the other
             for ax, x, line, marker, xlabel in ((axes[row_index, 0], "ptx_coef", "kl_coef", "o-", "ptx_coef (gamma; 0 = plain PPO)"),
                                                 (axes[row_index, 1], "kl_coef", "ptx_coef", "s-", "kl_coef (beta)")):
@@ -131,12 +135,12 @@ def alignment_tax(rows: list[dict], cells: list[dict], baseline: dict | None, pa
                            label=f"ptx_coef {ptx_coef:g}")
                 runs = [r for r in rows if r["ptx_coef"] == ptx_coef]
                 ax.scatter([r["kl"] for r in runs], [r[metric] for r in runs], color=colour, s=14, alpha=0.45, linewidths=0)
-            if baseline:
+            if baseline and metric in baseline:
                 ax.scatter([0.0], [baseline[metric]], marker="*", color="k", s=150, label="SFT")
             ax.set_xlabel("KL to SFT (nats per response); marker size grows with kl_coef")
             for ax in axes[row_index]:
                 ax.set_ylabel(label)
-                if baseline:
+                if baseline and metric in baseline:
                     ax.axhline(baseline[metric], color="k", linestyle="--", linewidth=1)
                 ax.grid(alpha=0.3)
                 ax.legend(fontsize=8)

@@ -108,8 +108,9 @@ def pipeline_report(out: Path, results: dict, timings: dict[str, float], total_s
 
 
 #: The study's column heading and number format per metric; a metric not named here gets its own name and 3 decimals.
-STUDY_COLUMNS = {"score": ("RM score", ".3f"), "kl": ("KL", ".2f"), "pretrain_loss": ("pretraining loss", ".3f"),
-                 "response_length": ("response length", ".1f")}
+STUDY_COLUMNS = {"score": ("reward (RM, EOS penalty)", ".3f"), "kl": ("KL", ".2f"), "pretrain_loss": ("pretraining loss", ".3f"),
+                 "response_length": ("response length", ".1f"), "judge_score": ("judge score", ".3f"),
+                 "reward_model_score": ("RM score", ".3f"), "eos_fraction": ("EOS fraction", ".2f")}
 
 
 def _column(name: str) -> tuple[str, str]:
@@ -163,8 +164,9 @@ def study_report(out: Path, folder: Path, rows: list[dict], cells: list[dict], b
     title = f"alignment-tax study: {sweep.get('name', folder.name)} ({len(cells)} cells, {per_cell} seeds each)"
     plots.alignment_tax(rows, cells, baseline, out / "study.png", title)
     lines = [f"# {title}", "", (f"Runs under `{folder}`; every number is the run's final validation on the same held-out "
-             "prompts (RM score of sampled responses, KL to the SFT model in nats per response) and held-out "
-             "pretraining text (LM loss)."), "",
+             "prompts (scores of sampled responses by the optimised reward model, with and without the missing-EOS "
+             "penalty, and by the held-apart judge where the runs had one; KL to the SFT model in nats per response) "
+             "and held-out pretraining text (LM loss)."), "",
              f"Per cell (kl_coef, ptx_coef): n runs with different seeds; each metric is the mean over them ± the "
              f"half-width of its {CONFIDENCE:.0%} Student-t interval, t(0.975, n-1) · s / sqrt(n). "
              + ("Every cell has one seed: the numbers are single runs and there are no intervals (their noise is "
@@ -174,10 +176,12 @@ def study_report(out: Path, folder: Path, rows: list[dict], cells: list[dict], b
         def mean(cell: dict, name: str) -> float:
             return cell["metrics"][name]["mean"]
 
-        best = max(cells, key=lambda c: mean(c, "score"))
+        key = "judge_score" if all("judge_score" in c["metrics"] for c in cells) and "judge_score" in baseline else "score"
+        what = "judge score (never optimised)" if key == "judge_score" else "reward (RM, EOS penalty)"
+        best = max(cells, key=lambda c: mean(c, key))
         taxed = [c for c in cells if mean(c, "pretrain_loss") > baseline["pretrain_loss"]]
-        lines += [f"Best mean RM score: {mean(best, 'score'):.3f} at kl_coef {best['kl_coef']:g}, ptx_coef "
-                  f"{best['ptx_coef']:g} (SFT {baseline['score']:.3f}). Cells whose mean held-out pretraining loss ended "
+        lines += [f"Best mean {what}: {mean(best, key):.3f} at kl_coef {best['kl_coef']:g}, ptx_coef "
+                  f"{best['ptx_coef']:g} (SFT {baseline[key]:.3f}). Cells whose mean held-out pretraining loss ended "
                   f"above SFT's ({baseline['pretrain_loss']:.3f}): {len(taxed)} of {len(cells)}"
                   + (f", ptx_coef {sorted({c['ptx_coef'] for c in taxed})}." if taxed else "."), ""]
     lines += ["![study](study.png)", ""] + study_table(cells, baseline)

@@ -22,16 +22,18 @@ from pathlib import Path
 
 import yaml
 
-from lit_instruct.evaluation import HELD_OUT_METRICS as METRICS
-from lit_instruct.evaluation import measure_policy
+from lit_instruct.evaluation import HELD_OUT_METRICS, OPTIONAL_METRICS, measure_policy
 from lit_instruct.stages.ppo_settings import setting
 from lit_instruct.tools.aggregate import cell_aggregates, repeated_seeds
 from lit_instruct.tools.configs import load_config
 from lit_instruct.tools.report import study_report, study_table
 
-#: The metrics every run must have to be studied (the plotted ones); the rest of ``HELD_OUT_METRICS`` is taken
+#: The metrics every run must have to be studied (the plotted ones); the rest of ``METRICS`` is taken
 #: where a run has it, so runs exported before a metric was added still count.
 REQUIRED = ("score", "kl", "pretrain_loss")
+
+#: Every metric a run's final validation may have (the judge's score, the EOS fraction: where the runs have them).
+METRICS = {**HELD_OUT_METRICS, **OPTIONAL_METRICS}
 
 #: The cell of a run: the coefficients it was run with; its seed tells it from the other runs of its cell.
 CELL = ("kl_coef", "ptx_coef")
@@ -75,7 +77,7 @@ def gather(folder: Path) -> list[dict]:
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
-    """The runs grouped by cell (:data:`CELL`), each metric of ``HELD_OUT_METRICS`` the runs have as mean and 95%
+    """The runs grouped by cell (:data:`CELL`), each metric of ``METRICS`` the runs have as mean and 95%
     interval over the cell's seeds (:func:`~lit_instruct.tools.aggregate.cell_aggregates`)."""
     return cell_aggregates(rows, CELL, [name for name in METRICS if any(name in r for r in rows)])
 
@@ -92,7 +94,7 @@ def sft_baseline(rows: list[dict], cache: Path) -> dict | None:
     reference = model_args.get("reference_name_or_path") or model_args["policy_name_or_path"]
     measured = measure_policy(model_args, config["data"]["init_args"], policy=reference, reference=reference,
                               seed=config.get("seed_everything") or 1234, root=str(cache.parent))
-    baseline = {"policy": reference, **{name: measured[name] for name in METRICS}}
+    baseline = {"policy": reference, **{name: measured[name] for name in METRICS if name in measured}}
     cache.write_text(json.dumps(baseline, indent=2) + "\n")
     return baseline
 
