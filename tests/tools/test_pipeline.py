@@ -29,7 +29,14 @@ def test_pipeline_smoke_end_to_end_then_reuse(smoke_run, monkeypatch, capsys):
     # cache, the reference's from one full forward pass)
     assert abs(report["sft"]["kl"]) < 1e-4 and 0.0 <= report["reward"]["accuracy"] <= 1.0
     assert (out / "score_vs_kl.png").stat().st_size > 0 and (out / "pretrain_loss.png").stat().st_size > 0
-    assert "| PPO-ptx |" in (out / "report.md").read_text()
+    markdown = (out / "report.md").read_text()
+    assert "| PPO-ptx" in markdown and "The paper's directions, measured" in markdown
+    # the held-apart judge: trained by the pipeline, scoring every policy beside the optimised reward model
+    assert (out / "judge" / "export" / "config.json").is_file() and 0.0 <= report["judge"]["accuracy"] <= 1.0
+    for name in ("sft", "ppo", "ppo_ptx"):
+        assert {"judge_score", "reward_model_score", "eos_fraction", "length_limited"} <= set(report[name])
+    assert report["reward"]["normalization"]["gain"] > 0 and report["judge"]["normalization"]["gain"] > 0
+    assert len(report["directions"]) == 5
     # a second `lit-instruct pipeline --smoke` (main's Pipeline, from the repository root like run_cli) in this
     # process, not the one that trained: every stage's fingerprint matches what that run stamped, so none reruns
     monkeypatch.chdir(ROOT)

@@ -75,7 +75,7 @@ def test_the_study_reports_each_cell_over_its_seeds(tmp_path, monkeypatch):
                                                            "low": None, "high": None}
 
     table = (out / "study.md").read_text()
-    assert "| kl_coef | ptx_coef | n | RM score | KL | pretraining loss | response length | judge_score | seeds |" in table
+    assert "| kl_coef | ptx_coef | n | reward (RM, EOS penalty) | KL | pretraining loss | response length | judge score | seeds |" in table
     assert f"| 0.02 | 0 | 3 | 0.300 ± {score['half_width']:.3f} |" in table
     assert "| 0.2 | 0 | 1 | 0.300 | 2.00 | 6.300 | 30.0 | 0.530 | 1 |" in table  # one seed: the value, no interval
     assert "| (SFT) | | | -1.500 | 0 | 6.200 | 28.0 |" in table
