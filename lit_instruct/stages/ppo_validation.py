@@ -61,7 +61,6 @@ class HeldOutMeasures(nn.Module):
         super().__init__()
         self.episode = nn.ModuleDict({name: MeanMetric() for name in EPISODE_METRICS})
         self.pretrain_loss = MeanMetric()
-        self.judged = False
 
     def update_rollout(self, rollout: Rollout, judge: Optional[torch.Tensor] = None) -> None:
         mask = rollout.response_mask.float()
@@ -70,7 +69,6 @@ class HeldOutMeasures(nn.Module):
                   "eos_fraction": rollout.ended.float()}
         if judge is not None:
             values["judge_score"] = judge
-            self.judged = True
         for name, value in values.items():
             self.episode[name].update(value)
 
@@ -80,7 +78,7 @@ class HeldOutMeasures(nn.Module):
     def compute_and_reset(self) -> dict[str, torch.Tensor]:
         """``{"val/...": mean}`` for every measure that saw data (the judge's only when there is one), then reset."""
         out = {f"val/{name}": metric.compute() for name, metric in self.episode.items()
-               if name != "judge_score" or self.judged}
+               if name != "judge_score" or metric.update_called}
         out["val/pretrain_loss"] = self.pretrain_loss.compute()
         for metric in [*self.episode.values(), self.pretrain_loss]:
             metric.reset()
