@@ -3,7 +3,7 @@
 ``lit-instruct fit|validate --config FILE [--config FILE ...]`` is LightningCLI: the stage's LightningModule and
 LightningDataModule are chosen by ``class_path`` in the YAML, and every constructor argument is a config key and a
 command-line flag (``--model.kl.kl_coef 0.05``). A config may compose shared fragments (``compose:``, read by
-:mod:`lit_instruct.tools.configs`). ``export``, ``pipeline``, ``sweep`` and ``study`` are the tools around the stages.
+:mod:`lit_instruct.tools.configs`). ``export``, ``pipeline``, ``sweep``, ``study``, ``eval`` and ``interpolate`` are the tools around the stages.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ TOOLS = {
     "pipeline": "pretrain -> SFT -> reward model -> PPO-ptx and a plain-PPO control, with a report",
     "sweep": "run a W&B sweep file offline with W&B's own sweep engine",
     "study": "the alignment-tax plots and table from a sweep's runs",
+    "eval": "the alignment tax on public NLP benchmarks (lm-evaluation-harness): SQuADv2, DROP, FR->EN, any harness task",
+    "interpolate": "the weight-interpolation baseline: SFT and PPO weights mixed at several ratios, reward and tax each",
 }
 
 
@@ -294,6 +296,14 @@ def _main(args: list[str]) -> None:
         from lit_instruct.tools.study import main as study_main
 
         return study_main(rest)
+    if command == "eval":
+        from lit_instruct.tools.tax import main as eval_main
+
+        return eval_main(rest)
+    if command == "interpolate":
+        from lit_instruct.tools.interpolate import main as interpolate_main
+
+        return interpolate_main(rest)
     configure_wandb_env()
     if command == "pipeline":
         from lit_instruct.tools.pipeline import main as pipeline_main
