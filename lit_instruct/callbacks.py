@@ -97,3 +97,75 @@ class RewardModelSelection(L.Callback):
             from lightning.pytorch.utilities import rank_zero_info
 
             rank_zero_info(f"[reward-model selection] exporting the weights with the best val/reward_model_score {self.best_score:.4f} (of {len(self.scores)} validations)")
+
+
+class AlignmentTax(L.Callback):
+    """The alignment tax as a curve: public-NLP benchmarks (lm-evaluation-harness) on the policy being trained, at
+    validation, logged as ``tax/<task>/<metric>`` (``tax/instructgpt_squadv2/f1``, ...).
+
+    The model measured is the one the stage exports (PPO: the policy, or its EMA), in memory, through the harness's
+    wrapper of a loaded model (:func:`lit_instruct.evaluation.harness.evaluate`): the same numbers as ``lit-instruct
+    eval`` on the export of the same weights with the same settings (under ``bf16-mixed`` the callback runs in the
+    validation's autocast, like ``eval --dtype`` of the weights it casts to). Every process runs every task (the
+    harness's wrapper of an in-memory model does not shard); not for ZeRO-3. Needs the ``tax`` extra.
+
+    Args:
+        tasks: Bundled task names (``instructgpt_squadv2``, ``instructgpt_drop``, ``instructgpt_fr_to_en``,
+            ``instructgpt_references``), task ``.yaml`` files, or harness task names.
+        data_file: The bundled tasks' JSON Lines file (``task``, ``prompt``, ``refs``).
+        limit: Only the first N items of each task (None: all).
+        batch_size: Generation / scoring batch size.
+        max_gen_toks: Tokens generated per answer (None: each task's own).
+        prompt_format: ``raw`` (the paper's prompts as they are) or ``policy`` (wrapped in the stage's prompt format).
+        every_n_validations: Run at every N-th validation (and never in the sanity check).
+    """
+
+    def __init__(self, tasks: list[str] | None = None, data_file: str = "bundled:eval_instructgpt_nlp.jsonl",
+                 limit: int | None = None, batch_size: int = 16, max_gen_toks: int | None = None,
+                 prompt_format: str = "raw", every_n_validations: int = 1) -> None:
+        from lit_instruct.evaluation import harness
+
+        if prompt_format not in ("raw", "policy"):
+            raise ValueError(f"prompt_format must be 'raw' or 'policy', got {prompt_format!r}")
+        if every_n_validations < 1:
+            raise ValueError(f"every_n_validations must be >= 1, got {every_n_validations}")
+        self.tasks = list(tasks) if tasks else list(harness.BUNDLED_TASKS)
+        self.data_file, self.limit, self.batch_size, self.max_gen_toks = data_file, limit, batch_size, max_gen_toks
+        self.prompt_format, self.every_n_validations = prompt_format, every_n_validations
+        self.configs: list | None = None
+        self.validations = 0
+        self.history: list[tuple[int, dict]] = []
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """Check the tasks and the data file before training starts."""
+        from lit_instruct.evaluation import harness
+
+        if is_zero3(trainer.strategy):
+            raise ValueError("AlignmentTax does not support ZeRO-3 (the harness runs the model unsharded)")
+        fmt = None
+        if self.prompt_format == "policy":
+            from lit_instruct.data.prompt_format import PromptFormat
+
+            datamodule = trainer.datamodule
+            fmt = datamodule.prompt_format() if hasattr(datamodule, "prompt_format") else PromptFormat()
+        self.configs = harness.task_configs(self.tasks, self.data_file, self.max_gen_toks, fmt)
+
+    def measure(self, pl_module) -> dict[str, dict[str, float]]:
+        from lit_instruct.evaluation import harness
+
+        model, tokenizer = pl_module.export_target()
+        with pl_module.trainer.precision_plugin.forward_context():
+            return harness.evaluate(model, tokenizer, self.tasks, limit=self.limit, batch_size=self.batch_size,
+                                    configs=self.configs)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        from lit_instruct.evaluation import harness
+
+        if trainer.sanity_checking:
+            return
+        self.validations += 1
+        if (self.validations - 1) % self.every_n_validations:
+            return
+        results = self.measure(pl_module)
+        self.history.append((trainer.global_step, results))
+        pl_module.log_dict(harness.flat_metrics(results))
