@@ -5,9 +5,9 @@ every per-token quantity unchanged."""
 import torch
 from transformers import GPT2LMHeadModel
 
+from lit_instruct.data.batching import position_ids
 from lit_instruct.models.causal_lm import embedded_config
 from lit_instruct.objectives import masked_mean
-from lit_instruct.data.batching import position_ids
 from lit_instruct.rollout import generate, logprobs_from_logits, response_logits
 
 

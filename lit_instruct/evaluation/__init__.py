@@ -8,6 +8,10 @@
 - :mod:`~lit_instruct.evaluation.answers`: the benchmarks' scoring (SQuAD F1, DROP F1), pure functions.
 """
 
-from lit_instruct.evaluation.held_out import HELD_OUT_METRICS, OPTIONAL_METRICS, measure_policy
+from lit_instruct.evaluation.held_out import (
+    HELD_OUT_METRICS,
+    OPTIONAL_METRICS,
+    measure_policy,
+)
 
 __all__ = ["HELD_OUT_METRICS", "OPTIONAL_METRICS", "measure_policy"]

@@ -44,6 +44,7 @@ HEADLINE_METRICS = {"instructgpt_squadv2": "f1", "instructgpt_drop": "f1", "inst
                     "instructgpt_references": "bits_per_byte"}
 #: Logged and reported names: ``tax/<task>/<metric>``.
 PREFIX = "tax"
+HEADLINE_KEYS = [f"{PREFIX}/{task}/{metric}" for task, metric in HEADLINE_METRICS.items()]
 
 
 def _require_lm_eval():

@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         return _main(args)
-    except (DataError, RunFolderError, FileNotFoundError, ValueError, OSError) as error:
+    except (DataError, RunFolderError, FileNotFoundError, ValueError, OSError, ImportError) as error:
         # Bad data, configs, paths or checkpoints: the message says what and where; the traceback only hides it.
         print(f"lit-instruct: error: {error}\n(set LIT_INSTRUCT_DEBUG=1 for the traceback)", file=sys.stderr)
         raise SystemExit(2) from None

@@ -125,8 +125,7 @@ COLUMNS = [("judge_score", "judge", "{:+.3f}"), ("reward_model_score", "RM", "{:
 def write_report(out: Path, report: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "interpolation.json").write_text(json.dumps(report, indent=2) + "\n")
-    tax_keys = [k for k in harness.headline({t: {m: 0.0} for t, m in harness.HEADLINE_METRICS.items()})
-                if any(k in row for row in report["rows"])]
+    tax_keys = [k for k in harness.HEADLINE_KEYS if any(k in row for row in report["rows"])]
     columns = [c for c in COLUMNS if any(c[0] in row for row in report["rows"])]
     header = ["policy"] + [c[1] for c in columns] + [k.split("/", 1)[1] for k in tax_keys]
     lines = [f"# Weight interpolation: SFT `{report['sft']}` -> PPO `{report['ppo']}`", "",

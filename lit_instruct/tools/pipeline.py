@@ -5,8 +5,9 @@ Each stage runs as its own ``lit-instruct fit`` process with its config and an o
 folder, export paths, the previous stages' exports, a CSV logger beside W&B). A stage whose export exists and
 whose fingerprint (its resolved config, its overlay, and its inputs' fingerprints) is unchanged is reused;
 ``--force`` redoes every stage. Then the SFT policy, the PPO control and the PPO-ptx policy are measured on the
-same held-out prompts and held-out pretraining text (scored by the optimised reward model and by the judge), and ``report.json`` / ``report.md`` (with PNG plots) are
-written (:mod:`lit_instruct.tools.report`).
+same held-out prompts and held-out pretraining text (scored by the optimised reward model and by the judge) and on
+public NLP benchmarks (``tax_tasks``, lm-evaluation-harness), and ``report.json`` / ``report.md`` (with PNG plots)
+are written (:mod:`lit_instruct.tools.report`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from lit_instruct.evaluation import measure_policy
+from lit_instruct.evaluation import harness, measure_policy
 from lit_instruct.tools.configs import load_config, merge, run_overlay
 from lit_instruct.tools.report import POLICIES, pipeline_report
 
@@ -64,6 +65,10 @@ class PipelineConfig:
     # earlier run left one. Off by default: it changes the SFT stage, so everything downstream reruns.
     sft_selection_reward_model: str | None = None
     eval_prompts: int = 32  # held-out prompts each policy is scored on in the report
+    # The alignment tax on public NLP benchmarks for each policy (lm-evaluation-harness, the ``tax`` extra): bundled
+    # task names, task .yaml files or harness task names; [] or null: none. ``tax_limit``: the first N items per task.
+    tax_tasks: list[str] | None = field(default_factory=lambda: list(harness.BUNDLED_TASKS))
+    tax_limit: int | None = None
     samples: int = 4  # prompts shown side by side in report.md
 
     @classmethod
@@ -189,6 +194,8 @@ class Pipeline:
                                         reward_model=str(self.export("reward")), judge=judge, samples=self.config.samples,
                                         root=str(self.out / "eval" / name))
                    for name in POLICIES}
+        for name in POLICIES if self.config.tax_tasks else ():
+            results[name].update(self.tax(name))
         results["max_new_tokens"] = (model_args.get("sampling") or {}).get("max_new_tokens")
         for stage in ("reward", "judge") if judge else ("reward",):
             meta = json.loads((self.export(stage) / "lit_instruct.json").read_text())
@@ -197,8 +204,20 @@ class Pipeline:
                               "normalization": meta.get("normalization"), "started_from": meta.get("hparams", {}).get("model_name_or_path")}
         return results
 
+    def tax(self, name: str) -> dict[str, float]:
+        """A policy's benchmark numbers (``tax/<task>/<metric>``), also written to ``<out>/<name>/tax.json`` / ``.md``."""
+        from lit_instruct.tools.tax import default_out, evaluate_export, write_results
+
+        print(f"[pipeline] {name}: alignment-tax benchmarks ({', '.join(self.config.tax_tasks)})", flush=True)
+        result = evaluate_export(self.export(name), self.config.tax_tasks, limit=2 if self.smoke else self.config.tax_limit,
+                                 bootstrap_iters=0)
+        write_results(result, default_out(self.export(name)))
+        return harness.flat_metrics(result["results"])
+
     def run(self) -> dict:
         start = time.perf_counter()
+        if self.config.tax_tasks:  # the harness, its data and the task names, before any stage trains
+            harness.task_configs(self.config.tax_tasks)
         self.out.mkdir(parents=True, exist_ok=True)
         for stage in STAGES:
             if (stage == "pretrain" and not self.config.pretrain) or (stage == "judge" and not self.config.judge):

@@ -7,6 +7,8 @@ import csv
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 #: The PPO runs of a pipeline, by the label its plots give them.
 PPO_RUNS = {"ppo": "PPO", "ppo_ptx": "PPO-ptx"}
 
@@ -144,3 +146,30 @@ def alignment_tax(rows: list[dict], cells: list[dict], baseline: dict | None, pa
                     ax.axhline(baseline[metric], color="k", linestyle="--", linewidth=1)
                 ax.grid(alpha=0.3)
                 ax.legend(fontsize=8)
+
+
+def reward_vs_tax(rows: list[dict], cells: list[dict], baseline: dict | None, taxes: list[str], path: Path, title: str,
+                  labels: dict[str, str]) -> None:
+    """The reward (the judge's score where the runs have it, else the RM score) against each measure of the tax
+    (``taxes``: held-out pretraining loss and the benchmark metrics), a point per cell (mean over seeds, 95% interval
+    bars both ways) coloured by ``ptx_coef``, marker size by ``kl_coef``, runs as faint dots, SFT a star."""
+    score = "judge_score" if all("judge_score" in r for r in rows) else "score"
+    ptx_coefs = sorted({c["ptx_coef"] for c in cells})
+    kl_coefs = sorted({c["kl_coef"] for c in cells})
+    colours = _pyplot().get_cmap("viridis")
+    with figure(path, 1, len(taxes), figsize=(4.6 * len(taxes), 4.2), dpi=90, title=title) as axes:
+        for ax, tax in zip(np.atleast_1d(axes).ravel(), taxes):
+            for i, ptx_coef in enumerate(ptx_coefs):
+                colour = colours(i / max(1, len(ptx_coefs) - 1))
+                sel = [c for c in cells if c["ptx_coef"] == ptx_coef]
+                (x, x_error), (y, y_error) = [zip(*(_mean_and_error(c, m) for c in sel)) for m in (tax, score)]
+                ax.errorbar(x, y, xerr=x_error, yerr=y_error, fmt="none", ecolor=colour, capsize=2, alpha=0.7)
+                ax.scatter(x, y, color=colour, s=[30 + 30 * kl_coefs.index(c["kl_coef"]) for c in sel], label=f"ptx_coef {ptx_coef:g}")
+                runs = [r for r in rows if r["ptx_coef"] == ptx_coef]
+                ax.scatter([r[tax] for r in runs], [r[score] for r in runs], color=colour, s=14, alpha=0.45, linewidths=0)
+            if baseline and tax in baseline and score in baseline:
+                ax.scatter([baseline[tax]], [baseline[score]], marker="*", color="k", s=150, label="SFT")
+            _label(ax, labels.get(tax, "held-out pretraining loss" if tax == "pretrain_loss" else tax),
+                   "judge score" if score == "judge_score" else "RM score", "")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)

@@ -27,6 +27,28 @@ COLUMNS = (("judge_score", "judge score", "{:.3f}"), ("reward_model_score", "RM 
            ("response_length", "response length", "{:.1f}"), ("eos_fraction", "EOS fraction", "{:.2f}"))
 
 
+#: The benchmark (alignment-tax) columns, by the name :mod:`lit_instruct.evaluation.harness` gives each headline metric.
+TAX_COLUMNS = {"tax/instructgpt_squadv2/f1": ("SQuADv2 F1", ".1f"), "tax/instructgpt_drop/f1": ("DROP F1", ".1f"),
+               "tax/instructgpt_fr_to_en/bleu": ("FR->EN BLEU", ".2f"),
+               "tax/instructgpt_references/bits_per_byte": ("reference bits/byte", ".3f")}
+
+
+def tax_section(rows: dict[str, dict]) -> list[str]:
+    """The policies' benchmark numbers beside their held-out pretraining loss (markdown), or nothing when none has them."""
+    keys = [k for k in TAX_COLUMNS if any(k in r for r in rows.values())]
+    if not keys:
+        return []
+    lines = ["## The alignment tax on public NLP benchmarks", "",
+             "lm-evaluation-harness on the InstructGPT paper's own items (`eval_instructgpt_nlp.jsonl`: SQuADv2, DROP, "
+             "French-to-English; greedy answers, one line), and every item's reference scored by likelihood (bits per "
+             "byte, lower is better). F1 and BLEU are in percent, higher is better. Held-out pretraining loss beside them.", "",
+             "| policy | pretraining loss | " + " | ".join(TAX_COLUMNS[k][0] for k in keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for label, r in rows.items():
+        loss = f"{r['pretrain_loss']:.3f}" if "pretrain_loss" in r else ""
+        lines.append(f"| {label} | {loss} | " + " | ".join(format(r[k] + 0.0, TAX_COLUMNS[k][1]) if k in r else "" for k in keys) + " |")
+    return lines + [""]
+
+
 def length_limited(result: dict) -> bool:
     """Whether most of a policy's held-out responses stopped at the length limit instead of ending (EOS)."""
     return "eos_fraction" in result and result["eos_fraction"] < 0.5
@@ -69,7 +91,7 @@ def pipeline_report(out: Path, results: dict, timings: dict[str, float], total_s
     directions, the stages' wall times) and ``report.md`` (the table with length-limited policies flagged, the
     directions, the plots, SFT and PPO-ptx responses side by side) in the pipeline folder ``out``."""
     keys = [key for key, _, _ in COLUMNS]
-    summary = {name: {k: results[name][k] for k in keys if k in results[name]} for name in POLICIES}
+    summary = {name: {k: v for k, v in results[name].items() if k in keys or k.startswith("tax/")} for name in POLICIES}
     for name in POLICIES:
         summary[name]["length_limited"] = length_limited(results[name])
     for stage in ("reward", "judge"):
@@ -98,7 +120,8 @@ def pipeline_report(out: Path, results: dict, timings: dict[str, float], total_s
         lines.append(f"| {label}{flag} | " + " | ".join(fmt.format(r[key] + 0.0) for key, _, fmt in columns) + " |")
     lines += ["", "## The paper's directions, measured", ""]
     lines += [f"- {'holds' if holds else 'does NOT hold' if holds is not None else 'not measured'}: {claim}" for claim, holds in checks]
-    lines += ["", "## Reward models", "", _reward_model_line("Optimised reward model", results.get("reward")),
+    lines += [""] + tax_section({label: results[name] for name, label in POLICIES.items()})
+    lines += ["## Reward models", "", _reward_model_line("Optimised reward model", results.get("reward")),
               _reward_model_line("Judge (never optimised)", results.get("judge")), ""]
     lines += [f"![{img}]({img})" for img in images]
     lines += ["", "## Samples (held-out prompts)", "", "| prompt | SFT | PPO-ptx |", "|---|---|---|"]
@@ -110,7 +133,7 @@ def pipeline_report(out: Path, results: dict, timings: dict[str, float], total_s
 #: The study's column heading and number format per metric; a metric not named here gets its own name and 3 decimals.
 STUDY_COLUMNS = {"score": ("reward (RM, EOS penalty)", ".3f"), "kl": ("KL", ".2f"), "pretrain_loss": ("pretraining loss", ".3f"),
                  "response_length": ("response length", ".1f"), "judge_score": ("judge score", ".3f"),
-                 "reward_model_score": ("RM score", ".3f"), "eos_fraction": ("EOS fraction", ".2f")}
+                 "reward_model_score": ("RM score", ".3f"), "eos_fraction": ("EOS fraction", ".2f"), **TAX_COLUMNS}
 
 
 def _column(name: str) -> tuple[str, str]:
@@ -163,6 +186,10 @@ def study_report(out: Path, folder: Path, rows: list[dict], cells: list[dict], b
     per_cell = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
     title = f"alignment-tax study: {sweep.get('name', folder.name)} ({len(cells)} cells, {per_cell} seeds each)"
     plots.alignment_tax(rows, cells, baseline, out / "study.png", title)
+    tax_keys = [k for k in TAX_COLUMNS if all(k in c["metrics"] for c in cells)]
+    if tax_keys:
+        plots.reward_vs_tax(rows, cells, baseline, ["pretrain_loss"] + tax_keys, out / "study_tax.png",
+                            f"{title}: reward against the tax", {k: TAX_COLUMNS[k][0] for k in tax_keys})
     lines = [f"# {title}", "", (f"Runs under `{folder}`; every number is the run's final validation on the same held-out "
              "prompts (scores of sampled responses by the optimised reward model, with and without the missing-EOS "
              "penalty, and by the held-apart judge where the runs had one; KL to the SFT model in nats per response) "
@@ -184,7 +211,12 @@ def study_report(out: Path, folder: Path, rows: list[dict], cells: list[dict], b
                   f"{best['ptx_coef']:g} (SFT {baseline[key]:.3f}). Cells whose mean held-out pretraining loss ended "
                   f"above SFT's ({baseline['pretrain_loss']:.3f}): {len(taxed)} of {len(cells)}"
                   + (f", ptx_coef {sorted({c['ptx_coef'] for c in taxed})}." if taxed else "."), ""]
-    lines += ["![study](study.png)", ""] + study_table(cells, baseline)
+    lines += ["![study](study.png)", ""]
+    if tax_keys:
+        lines += ["Reward against the alignment tax, measured two ways: held-out pretraining loss and the public NLP "
+                  "benchmarks (lm-evaluation-harness on the paper's SQuADv2 / DROP / FR->EN items; reference bits/byte: "
+                  "the references scored by likelihood).", "", "![reward against the tax](study_tax.png)", ""]
+    lines += study_table(cells, baseline)
     lines += ["", f"## Runs ({len(rows)})", ""] + study_runs_table(rows, _study_metrics(cells))
     (out / "study.md").write_text("\n".join(lines) + "\n")
     result = {"runs": rows, "cells": cells, "confidence": CONFIDENCE, "sft": baseline, "sweep": sweep.get("file")}

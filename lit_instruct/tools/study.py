@@ -5,8 +5,10 @@ holding PPO exports, ``*/export/lit_instruct.json``), reads each run's effective
 its seed (``seed_everything`` in the ``config.yaml`` LightningCLI saved in the run folder) and its final held-out
 metrics (``val/score``, ``val/kl``, ``val/pretrain_loss`` and whatever else ``HELD_OUT_METRICS`` names), measures
 the SFT starting point on the same held-out prompts and text once (the dashed line in every panel), groups the
-runs by cell (``kl_coef``, ``ptx_coef``: a sweep's seed axis gives each cell several runs) and writes:
+runs by cell (``kl_coef``, ``ptx_coef``: a sweep's seed axis gives each cell several runs) and writes (``--tax``: also each run's alignment tax on the bundled NLP benchmarks, measured with
+lm-evaluation-harness where the run did not log it, cached as ``<run>/tax.json``):
 
+- ``study_tax.png`` (with ``--tax``): reward against each measure of the tax (pretraining loss, the benchmarks);
 - ``study.png``: validation reward and held-out pretraining loss against ``ptx_coef`` (log scale, 0 = plain PPO)
   and against ``kl_coef``, and reward against KL, as in the paper's beta/gamma ablations: per cell the mean over
   seeds with its 95% Student-t interval as error bars, each run a faint dot;
@@ -23,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from lit_instruct.evaluation import HELD_OUT_METRICS, OPTIONAL_METRICS, measure_policy
+from lit_instruct.evaluation.harness import BUNDLED_TASKS, HEADLINE_KEYS, headline
 from lit_instruct.stages.ppo_settings import setting
 from lit_instruct.tools.aggregate import cell_aggregates, repeated_seeds
 from lit_instruct.tools.configs import load_config
@@ -34,6 +37,9 @@ REQUIRED = ("score", "kl", "pretrain_loss")
 
 #: Every metric a run's final validation may have (the judge's score, the EOS fraction: where the runs have them).
 METRICS = {**HELD_OUT_METRICS, **OPTIONAL_METRICS}
+
+#: The benchmark (alignment-tax) metrics a run has when it logged them (``AlignmentTax``) or ``--tax`` measured them.
+TAX_METRICS = HEADLINE_KEYS
 
 #: The cell of a run: the coefficients it was run with; its seed tells it from the other runs of its cell.
 CELL = ("kl_coef", "ptx_coef")
@@ -71,6 +77,7 @@ def gather(folder: Path) -> list[dict]:
                      "kl_coef": float(setting(hparams, "kl", "kl_coef")), "ptx_coef": float(setting(hparams, "ptx", "ptx_coef")),
                      "adaptive_kl": bool(setting(hparams, "kl", "adaptive")),
                      **{name: float(metrics[key]) for name, key in METRICS.items() if key in metrics},
+                     **{key: float(metrics[key]) for key in TAX_METRICS if key in metrics},
                      "episodes": metrics.get("episodes"), "reference": meta.get("reference"),
                      "reward_model": meta.get("reward_model")})
     return sorted(rows, key=lambda r: (r["kl_coef"], r["ptx_coef"], r["seed"] is None, r["seed"] or 0, r["run"]))
@@ -79,7 +86,32 @@ def gather(folder: Path) -> list[dict]:
 def aggregate(rows: list[dict]) -> list[dict]:
     """The runs grouped by cell (:data:`CELL`), each metric of ``METRICS`` the runs have as mean and 95%
     interval over the cell's seeds (:func:`~lit_instruct.tools.aggregate.cell_aggregates`)."""
-    return cell_aggregates(rows, CELL, [name for name in METRICS if any(name in r for r in rows)])
+    names = [name for name in METRICS if any(name in r for r in rows)]
+    return cell_aggregates(rows, CELL, names + [key for key in TAX_METRICS if all(key in r for r in rows)])
+
+
+def tax_of(export: str | Path, cache: Path, limit: int | None) -> dict[str, float]:
+    """The bundled benchmarks' headline numbers for a policy export, measured once (cached in ``cache``, with the
+    settings: a cache measured with another ``limit`` is measured again)."""
+    from lit_instruct.tools.tax import evaluate_export, write_results
+
+    if cache.is_file():
+        cached = json.loads(cache.read_text())
+        if cached.get("settings", {}).get("limit") == limit and cached.get("settings", {}).get("tasks") == list(BUNDLED_TASKS):
+            return headline(cached["results"])
+    result = evaluate_export(export, BUNDLED_TASKS, limit=limit, bootstrap_iters=0)
+    write_results(result, cache)
+    return headline(result["results"])
+
+
+def measure_tax(rows: list[dict], baseline: dict | None, limit: int | None, out: Path) -> None:
+    """Every run's (and the SFT baseline's) benchmark numbers, where its final validation did not log them."""
+    for row in rows:
+        if not all(key in row for key in TAX_METRICS):
+            print(f"[study] benchmarks: {row['run']}", flush=True)
+            row.update(tax_of(Path(row["folder"]) / "export", Path(row["folder"]) / "tax.json", limit))
+    if baseline is not None:
+        baseline.update(tax_of(baseline["policy"], out / "sft_tax.json", limit))
 
 
 def sft_baseline(rows: list[dict], cache: Path) -> dict | None:
@@ -99,7 +131,7 @@ def sft_baseline(rows: list[dict], cache: Path) -> dict | None:
     return baseline
 
 
-def study(folder: Path, out: Path | None = None, baseline: bool = True) -> dict:
+def study(folder: Path, out: Path | None = None, baseline: bool = True, tax: bool = False, tax_limit: int | None = None) -> dict:
     out = out or folder
     rows = gather(folder)
     if not rows:
@@ -107,6 +139,8 @@ def study(folder: Path, out: Path | None = None, baseline: bool = True) -> dict:
                          f"metrics) under {folder}")
     out.mkdir(parents=True, exist_ok=True)
     base = sft_baseline(rows, out / "sft_baseline.json") if baseline else None
+    if tax:
+        measure_tax(rows, base, tax_limit, out)
     sweep = json.loads((folder / "sweep.json").read_text()) if (folder / "sweep.json").is_file() else {}
     cells = aggregate(rows)
     for cell in repeated_seeds(cells):
@@ -124,5 +158,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--out", help="where to write study.png / study.md / study.json (default: the folder)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
                         help="do not measure the SFT starting point")
+    parser.add_argument("--tax", action="store_true",
+                        help="measure the alignment tax on the bundled NLP benchmarks (lm-evaluation-harness) for every run "
+                             "that did not log it, and plot reward against it (study_tax.png)")
+    parser.add_argument("--tax-limit", type=int, help="with --tax: only the first N items of each benchmark task")
     args = parser.parse_args(argv)
-    study(Path(args.folder), Path(args.out) if args.out else None, baseline=args.baseline)
+    study(Path(args.folder), Path(args.out) if args.out else None, baseline=args.baseline, tax=args.tax, tax_limit=args.tax_limit)

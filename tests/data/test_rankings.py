@@ -4,7 +4,12 @@ what training does with comparisons whose completions are cut to fit (``cut_comp
 import pytest
 from helpers import write_jsonl
 
-from lit_instruct.data.rankings import RankedCollator, RewardDataModule, apply_cut_policy, expand_to_pairs
+from lit_instruct.data.rankings import (
+    RankedCollator,
+    RewardDataModule,
+    apply_cut_policy,
+    expand_to_pairs,
+)
 from lit_instruct.data.records import DataError
 from lit_instruct.objectives import better_pairs
 

@@ -5,7 +5,13 @@ import random
 
 import pytest
 
-from lit_instruct.evaluation.answers import drop_scores, normalize_answer, squad_exact, squad_f1, squad_scores
+from lit_instruct.evaluation.answers import (
+    drop_scores,
+    normalize_answer,
+    squad_exact,
+    squad_f1,
+    squad_scores,
+)
 
 
 def f1_by_loop(prediction: str, reference: str) -> float:

@@ -5,7 +5,6 @@ to ``lit-instruct eval`` on the same weights, and bad task files and rows refuse
 import collections
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch

@@ -5,6 +5,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from helpers import CONFIGS, ROOT, run_cli
 
@@ -37,6 +38,12 @@ def test_pipeline_smoke_end_to_end_then_reuse(smoke_run, monkeypatch, capsys):
         assert {"judge_score", "reward_model_score", "eos_fraction", "length_limited"} <= set(report[name])
     assert report["reward"]["normalization"]["gain"] > 0 and report["judge"]["normalization"]["gain"] > 0
     assert len(report["directions"]) == 5
+    # the alignment tax on the bundled NLP benchmarks, per policy, in the report and beside each export
+    for name in ("sft", "ppo", "ppo_ptx"):
+        assert {"tax/instructgpt_squadv2/f1", "tax/instructgpt_drop/f1", "tax/instructgpt_fr_to_en/bleu",
+                "tax/instructgpt_references/bits_per_byte"} <= set(report[name])
+        assert json.loads((out / name / "tax.json").read_text())["settings"]["limit"] == 2
+    assert "## The alignment tax on public NLP benchmarks" in markdown and "| PPO-ptx | " in markdown
     # a second `lit-instruct pipeline --smoke` (main's Pipeline, from the repository root like run_cli) in this
     # process, not the one that trained: every stage's fingerprint matches what that run stamped, so none reruns
     monkeypatch.chdir(ROOT)
@@ -152,3 +159,23 @@ def test_sft_selection_uses_an_earlier_reward_model(tmp_path, fake_runs):
     assert callbacks[-1]["class_path"] == "lit_instruct.callbacks.RewardModelSelection"
     assert callbacks[-1]["init_args"]["reward_model_path"] == str(tmp_path / "reward" / "export")
     assert "RewardModelSelection" not in str(Pipeline(PipelineConfig(), tmp_path).overlay("sft"))
+
+
+def test_interpolating_the_pipelines_ppo_run(smoke_run, tmp_path):
+    """``lit-instruct interpolate`` on the smoke run's plain-PPO run: ratio 0 is the SFT policy (KL 0), ratio 1 the
+    PPO export's weights; PPO-ptx is measured beside them; the report, table and plot are written."""
+    from safetensors.torch import load_file
+
+    from lit_instruct.tools.interpolate import interpolate
+
+    out = tmp_path / "interp"
+    report = interpolate(smoke_run / "ppo", out, [0.0, 1.0], compare=[smoke_run / "ppo_ptx"],
+                         tasks=["instructgpt_references"], limit=2, max_val_prompts=4)
+    rows = {row["policy"]: row for row in report["rows"]}
+    assert set(rows) == {"interpolated 0", "interpolated 1", str(smoke_run / "ppo_ptx")}
+    assert abs(rows["interpolated 0"]["kl"]) < 1e-4 and "judge_score" in rows["interpolated 1"]
+    assert all("tax/instructgpt_references/bits_per_byte" in row for row in rows.values())
+    ppo = load_file(smoke_run / "ppo" / "export" / "model.safetensors")
+    at_one = load_file(out / "ratio=1" / "export" / "model.safetensors")
+    assert all(torch.equal(at_one[k], ppo[k]) for k in ppo)
+    assert "| interpolated 0 |" in (out / "interpolation.md").read_text() and (out / "interpolation.png").stat().st_size > 0
