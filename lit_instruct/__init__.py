@@ -3,7 +3,7 @@
 The stages and their data modules are importable from here by the short class paths the configs use
 (``class_path: lit_instruct.SFTModule``). The layout: ``models/`` (backbones, tokenizers, the reward model,
 exports), ``data/`` (records, prompt formats, batching, one data module per kind of data), ``stages/`` (one
-LightningModule per stage), ``objectives.py`` (the pure math), ``rollout.py``, ``evaluation.py`` and ``tools/``
+LightningModule per stage), ``objectives.py`` (the pure math), ``rollout.py``, ``evaluation/`` and ``tools/``
 (command line, pipeline, sweeps, study, reports, checkpoints).
 """
 

@@ -24,6 +24,7 @@ from lit_instruct.evaluation import harness, measure_policy
 from lit_instruct.models.causal_lm import load_causal_lm, load_tokenizer
 from lit_instruct.models.export import read_metadata
 from lit_instruct.tools.configs import load_config
+from lit_instruct.tools.report import TAX_COLUMNS
 
 DEFAULT_RATIOS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -123,11 +124,13 @@ COLUMNS = [("judge_score", "judge", "{:+.3f}"), ("reward_model_score", "RM", "{:
 
 
 def write_report(out: Path, report: dict) -> None:
+    """``interpolation.json``, ``interpolation.md`` (the table) and ``interpolation.png`` (reward against each measure
+    of the tax) in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "interpolation.json").write_text(json.dumps(report, indent=2) + "\n")
     tax_keys = [k for k in harness.HEADLINE_KEYS if any(k in row for row in report["rows"])]
     columns = [c for c in COLUMNS if any(c[0] in row for row in report["rows"])]
-    header = ["policy"] + [c[1] for c in columns] + [k.split("/", 1)[1] for k in tax_keys]
+    header = ["policy"] + [c[1] for c in columns] + [TAX_COLUMNS[k][0] for k in tax_keys]
     lines = [f"# Weight interpolation: SFT `{report['sft']}` -> PPO `{report['ppo']}`", "",
              "Each row's policy is (1 - ratio) x SFT + ratio x PPO, measured with the PPO run's validation settings"
              + (f" and judge `{report['judge']}`" if report["judge"] else "") + "; tax columns: lm-evaluation-harness on the "
@@ -135,7 +138,7 @@ def write_report(out: Path, report: dict) -> None:
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in report["rows"]:
         cells = [row["policy"]] + [fmt.format(row[key]) if row.get(key) is not None else "" for key, _, fmt in columns]
-        cells += [f"{row[k]:.2f}" if k in row else "" for k in tax_keys]
+        cells += [format(row[k], TAX_COLUMNS[k][1]) if k in row else "" for k in tax_keys]
         lines.append("| " + " | ".join(cells) + " |")
     (out / "interpolation.md").write_text("\n".join(lines) + "\n")
     plot(out / "interpolation.png", report, tax_keys)
@@ -158,7 +161,7 @@ def plot(path: Path, report: dict, tax_keys: list[str]) -> None:
         for r in report["rows"]:
             if r["ratio"] is None:
                 ax.plot([r.get(tax)], [r.get(score)], "s", label=Path(r["policy"]).name)
-        ax.set_xlabel(tax.split("/", 1)[-1])
+        ax.set_xlabel(TAX_COLUMNS[tax][0] if tax in TAX_COLUMNS else "held-out pretraining loss")
         ax.set_ylabel(score)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
