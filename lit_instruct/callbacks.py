@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import lightning as L
@@ -107,7 +108,8 @@ class AlignmentTax(L.Callback):
     wrapper of a loaded model (:func:`lit_instruct.evaluation.harness.evaluate`): the same numbers as ``lit-instruct
     eval`` on the export of the same weights with the same settings (under ``bf16-mixed`` the callback runs in the
     validation's autocast, like ``eval --dtype`` of the weights it casts to). Every process runs every task (the
-    harness's wrapper of an in-memory model does not shard); not for ZeRO-3. Needs the ``tax`` extra.
+    harness's wrapper of an in-memory model does not shard); under ZeRO-3 each gathers the whole model once for the
+    measurement (DeepSpeed's ``GatheredParameters``), so it must fit one device. Needs the ``tax`` extra.
 
     Args:
         tasks: Bundled task names (``instructgpt_squadv2``, ``instructgpt_drop``, ``instructgpt_fr_to_en``,
@@ -140,8 +142,6 @@ class AlignmentTax(L.Callback):
         """Check the tasks and the data file before training starts."""
         from lit_instruct.evaluation import harness
 
-        if is_zero3(trainer.strategy):
-            raise ValueError("AlignmentTax does not support ZeRO-3 (the harness runs the model unsharded)")
         fmt = None
         if self.prompt_format == "policy":
             from lit_instruct.data.prompt_format import PromptFormat
@@ -154,7 +154,12 @@ class AlignmentTax(L.Callback):
         from lit_instruct.evaluation import harness
 
         model, tokenizer = pl_module.export_target()
-        with pl_module.trainer.precision_plugin.forward_context():
+        gathered = contextlib.nullcontext()
+        if is_zero3(pl_module.trainer.strategy):  # every rank runs the same requests: gather once, not per layer per token
+            import deepspeed
+
+            gathered = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+        with gathered, pl_module.trainer.precision_plugin.forward_context():
             return harness.evaluate(model, tokenizer, self.tasks, limit=self.limit, batch_size=self.batch_size,
                                     configs=self.configs)
 
@@ -168,4 +173,4 @@ class AlignmentTax(L.Callback):
             return
         results = self.measure(pl_module)
         self.history.append((trainer.global_step, results))
-        pl_module.log_dict(harness.flat_metrics(results))
+        pl_module.log_dict(harness.flat_metrics(results), sync_dist=True)  # the same on every process

@@ -119,9 +119,20 @@ def test_ppo_ptx_trains_and_resumes_under_zero(zero_runs, zero_reward_runs, tmp_
 
 
 def test_validate_subcommand_under_zero3(zero_runs):
-    """`lit-instruct validate` builds DeepSpeed's inference engine on CPU processes (CPUDeepSpeedStrategy's override)."""
+    """`lit-instruct validate` builds DeepSpeed's inference engine on CPU processes (CPUDeepSpeedStrategy's override);
+    the AlignmentTax callback measures the sharded model (gathered once) and gives what `lit-instruct eval` gives on
+    the export of the same weights."""
+    import re
+
+    from lit_instruct.tools.tax import evaluate_export
+
     done = run_cli("validate", "--config", str(CONFIGS / "sft" / "tiny.yaml"), "--config", str(CONFIGS / "trainer" / "cpu_zero3.yaml"),
                    "--model.model_name_or_path", str(zero_runs[3] / "export"), "--trainer.logger", "false",
-                   "--trainer.limit_val_batches", "2", "--model.num_sample_prompts", "0", timeout=900)
+                   "--trainer.limit_val_batches", "2", "--model.num_sample_prompts", "0",
+                   "--trainer.callbacks+=lit_instruct.callbacks.AlignmentTax", "--trainer.callbacks.tasks=[instructgpt_references]",
+                   "--trainer.callbacks.limit=3", timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "val/loss" in done.stdout
+    logged = float(re.search(r"│\s*tax/instructgpt_references/bits_per\S*\s*│\s*([0-9.]+)", done.stdout).group(1))  # the validate table
+    from_disk = evaluate_export(zero_runs[3] / "export", ["instructgpt_references"], limit=3, bootstrap_iters=0)["results"]
+    assert logged == pytest.approx(from_disk["instructgpt_references"]["bits_per_byte"], rel=1e-4)

@@ -20,6 +20,7 @@ import functools
 import importlib
 import importlib.util
 import logging
+import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -161,6 +162,21 @@ def _task_manager():
 
 
 @contextlib.contextmanager
+def _this_process_alone():
+    """The harness hands results back only where ``LOCAL_RANK`` is 0 (its own launchers shard the requests); an
+    in-memory model here runs every request in every process, so each process is its own rank 0 meanwhile."""
+    local_rank = os.environ.get("LOCAL_RANK")
+    os.environ["LOCAL_RANK"] = "0"
+    try:
+        yield
+    finally:
+        if local_rank is None:
+            del os.environ["LOCAL_RANK"]
+        else:
+            os.environ["LOCAL_RANK"] = local_rank
+
+
+@contextlib.contextmanager
 def _quiet_harness():
     loggers = [logging.getLogger(name) for name in ("lm_eval", "lm-eval")]
     levels = [lg.level for lg in loggers]
@@ -190,7 +206,7 @@ def evaluate(model: torch.nn.Module, tokenizer, tasks: Sequence[str] = BUNDLED_T
     was_training = model.training
     model.eval()
     try:
-        with _quiet_harness(), torch.no_grad():
+        with _quiet_harness(), _this_process_alone(), torch.no_grad():
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
             output = simple_evaluate(model=lm, tasks=configs, task_manager=_task_manager(), limit=limit, bootstrap_iters=bootstrap_iters, log_samples=False,
                                      random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,

@@ -173,3 +173,36 @@ def reward_vs_tax(rows: list[dict], cells: list[dict], baseline: dict | None, ta
                    "judge score" if score == "judge_score" else "RM score", "")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
+
+
+def metric_curves(runs: dict[str, Path], metrics: list[str], path: Path, title: str = "") -> None:
+    """``metrics`` against the optimizer step, one panel each, a line per run (``runs``: label -> the folder its
+    CSVLogger wrote to), read from the runs' ``metrics.csv``: the tax curves the ``AlignmentTax`` callback logs."""
+    with figure(path, 1, len(metrics), figsize=(4.6 * len(metrics), 3.8), dpi=90, title=title or None) as axes:
+        for ax, metric in zip(np.atleast_1d(axes).ravel(), metrics):
+            for label, folder in runs.items():
+                points = [(float(r["step"]), float(r[metric])) for r in csv_log(folder) if r.get(metric) not in (None, "")]
+                if points:
+                    ax.plot(*zip(*points), "o-", label=label)
+            _label(ax, "optimizer step", metric, "")
+            ax.grid(alpha=0.3)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m lit_instruct.tools.plots curves --run LABEL=CSV_FOLDER ... --metrics M ... --out PNG``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m lit_instruct.tools.plots")
+    parser.add_argument("what", choices=["curves"])
+    parser.add_argument("--run", action="append", required=True, help="LABEL=FOLDER (a CSVLogger's save_dir); repeat per run")
+    parser.add_argument("--metrics", nargs="+", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--title", default="")
+    args = parser.parse_args(argv)
+    runs = dict(item.split("=", 1) for item in args.run)
+    metric_curves({label: Path(folder) for label, folder in runs.items()}, args.metrics, Path(args.out), args.title)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
