@@ -106,7 +106,7 @@ def test_checkpoints_and_export_follow_default_root_dir(whole):
 def test_help_lists_every_subcommand():
     result = run_cli("--help")
     assert result.returncode == 0
-    for name in ("fit", "validate", "export", "pipeline", "sweep", "study"):
+    for name in ("fit", "validate", "export", "pipeline", "sweep", "study", "eval", "interpolate"):
         assert f"  {name} " in result.stdout, name
     assert "  test " not in result.stdout and "  predict " not in result.stdout  # no stage has a test or predict step
 

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from helpers import quiet_trainer, run_cli, write_jsonl
+from helpers import quiet_trainer, write_jsonl
 
 from lit_instruct.evaluation import harness
 from lit_instruct.models.causal_lm import load_causal_lm, load_tokenizer
@@ -91,12 +91,12 @@ def test_the_callback_and_the_cli_agree_on_the_same_weights(tmp_path, sft):
     from lit_instruct.tools.tax import evaluate_export
 
     path, _, _ = sft
-    module = SFTModule(model_name_or_path=str(path))
+    module = SFTModule(model_name_or_path=str(path), num_sample_prompts=0)
     with torch.no_grad():
         for p in module.model.parameters():
             p.add_(0.02 * torch.randn_like(p))
     callback = AlignmentTax(limit=4, batch_size=4)
-    trainer = quiet_trainer(callbacks=[callback], limit_val_batches=1)
+    trainer = quiet_trainer(callbacks=[callback], limit_val_batches=1, default_root_dir=tmp_path)
     metrics = trainer.validate(module, SFTDataModule(batch_size=4, max_length=128), verbose=False)[0]
     step, in_memory = callback.history[-1]
     assert metrics["tax/instructgpt_references/bits_per_byte"] == pytest.approx(in_memory["instructgpt_references"]["bits_per_byte"])
@@ -130,17 +130,18 @@ def test_bad_task_files_and_rows_are_refused_before_a_model_runs(tmp_path):
 
 
 def test_eval_cli_writes_json_and_markdown_and_names_a_bad_row(tmp_path, sft, capsys):
+    """``lit-instruct eval`` (its entry point, in this process: the harness's task index is already loaded here)."""
+    from lit_instruct.tools.cli import main
+
     path, _, _ = sft
     out = tmp_path / "tax.json"
-    done = run_cli("eval", str(path), "--tasks", "instructgpt_squadv2", "instructgpt_references", "--limit", "3", "--out", str(out))
-    assert done.returncode == 0, done.stderr[-2000:]
+    main(["eval", str(path), "--tasks", "instructgpt_squadv2", "instructgpt_references", "--limit", "3", "--out", str(out)])
+    assert "| instructgpt_references | bits_per_byte |" in capsys.readouterr().out
     result = json.loads(out.read_text())
     assert set(result["results"]) == {"instructgpt_squadv2", "instructgpt_references"} and result["settings"]["limit"] == 3
     assert "| instructgpt_references | bits_per_byte |" in out.with_suffix(".md").read_text()
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"task": "drop", "prompt": "p", "refs": "7761"}])
-    from lit_instruct.tools.cli import main
-
-    with pytest.raises(SystemExit) as exit_:  # in-process: the message the command prints, without a second start-up
+    with pytest.raises(SystemExit) as exit_:
         main(["eval", str(path), "--data", str(bad), "--out", str(tmp_path / "x.json")])
     assert exit_.value.code == 2 and f"{bad}:1: 'refs' must be a non-empty list" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()

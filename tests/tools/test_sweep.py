@@ -6,7 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, run_cli
+from helpers import ROOT
 
 from lit_instruct.tools.sweep import (
     Sweep,
@@ -19,6 +19,26 @@ from lit_instruct.tools.sweep import (
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
 
 
+@pytest.fixture(scope="module")
+def preflights(tmp_path_factory):
+    """Every sweep file's first proposal and its preflight (the real command line parsed with ``--print_config``, a
+    process each), all started together: each is one process, mostly Python start-up, so they share the cores."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sweeps = [Sweep(path, tmp_path_factory.mktemp("sweep") / "out") for path in SWEEP_FILES]
+
+    def check(sweep):
+        params = sweep.proposals(1)[0]
+        try:
+            sweep.preflight(params)
+        except SweepFileError as error:
+            return params, error
+        return params, None
+
+    with ThreadPoolExecutor(max_workers=len(SWEEP_FILES)) as pool:
+        return dict(zip(SWEEP_FILES, pool.map(check, sweeps)))
+
+
 def test_there_are_sweep_files_for_the_study_and_learning_rates():
     names = [f.name for f in SWEEP_FILES]
     assert "alignment_tax_tiny.yaml" in names and "sft_lr_tiny.yaml" in names
@@ -27,17 +47,16 @@ def test_there_are_sweep_files_for_the_study_and_learning_rates():
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
-def test_every_sweep_file_validates_and_its_command_accepts_the_parameters(path, tmp_path):
+def test_every_sweep_file_validates_and_its_command_accepts_the_parameters(path, preflights):
     config = load_sweep(path)
-    sweep = Sweep(path, tmp_path / "out")
-    params = sweep.proposals(1)[0]
+    params, error = preflights[path]
     assert set(params) == set(config["parameters"])
     argv = expand_command(config["command"], params)
     for flag, value in zip(argv, argv[1:]):
         if flag == "--config":
             assert (ROOT / value).is_file(), f"{path.name} names {value}, which does not exist"
     assert all(f"--{key}={value}" in argv for key, value in params.items())
-    sweep.preflight(params)  # the real command line parsed with --print_config: unknown keys or bad types fail
+    assert error is None, str(error)  # the real command line parsed with --print_config: unknown keys or bad types fail
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -75,12 +94,17 @@ def test_a_broken_sweep_file_gets_file_line_and_reason(tmp_path, text, line, wor
     assert f"{path}:{line}:" in message and words in message, message
 
 
-def test_an_unknown_parameter_is_refused_before_any_run(tmp_path):
+def test_an_unknown_parameter_is_refused_before_any_run(tmp_path, capsys):
+    """``lit-instruct sweep`` (its entry point, in this process; the preflight it runs is a process of its own)."""
+    from lit_instruct.tools.cli import main
+
     path = write(tmp_path, "method: grid\nparameters:\n  model.kl.kl_coeff:\n    values: [0.01, 0.1]\n" + GOOD_COMMAND)
-    done = run_cli("sweep", str(path), "--out", str(tmp_path / "out"), timeout=300)
-    assert done.returncode != 0
-    assert re.search(rf"{re.escape(str(path))}:3: the command rejects the sweep's arguments", done.stderr), done.stderr[-2000:]
-    assert "kl_coeff" in done.stderr
+    with pytest.raises(SystemExit) as exit_:
+        main(["sweep", str(path), "--out", str(tmp_path / "out")])
+    stderr = capsys.readouterr().err + str(exit_.value.code)  # printed, or the message SystemExit carries to the shell
+    assert exit_.value.code not in (0, None)
+    assert re.search(rf"{re.escape(str(path))}:3: the command rejects the sweep's arguments", stderr), stderr[-2000:]
+    assert "kl_coeff" in stderr
     assert not (tmp_path / "out" / "sweep.json").exists()
 
 
