@@ -116,6 +116,7 @@ def test_bad_task_files_and_rows_are_refused_before_a_model_runs(tmp_path):
         harness.task_configs([str(tmp_path / "missing_task.yaml")])
     with pytest.raises(ValueError, match="unknown benchmark task.*no_such_task"):
         harness.task_configs(["no_such_task"])
+    assert harness.task_configs(["hellaswag", "wmt14-fr-en"]) == ["hellaswag", "wmt14-fr-en"]  # the harness's own: passed on
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"task": "squadv2", "prompt": "Q: x\n\nA:", "refs": ["y"]}) + "\n"
                    + json.dumps({"task": "squadv2", "prompt": "Q: x\n\nA:", "refs": []}) + "\n"
