@@ -101,7 +101,7 @@ def sample_completions(model, tokenizer, prompt_ids: list[list[int]], ks: list[i
     out: list[list[str]] = [[] for _ in prompt_ids]
     ended = tokens = 0
     bar = tqdm(total=len(flat), desc="sample", unit="response", disable=not progress)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for start in range(0, len(flat), batch_size):
             chunk = flat[start:start + batch_size]
