@@ -1,9 +1,13 @@
-"""The math of InstructGPT, as pure functions: tensors in, tensors out; no module state, no Trainer.
+"""The math of InstructGPT, as pure functions: tensors in, tensors out; no module state, no Trainer. At the end, the
+measures of reward over-optimisation (Gao et al. 2022): best-of-n's expected score and KL, and the gold-reward fits.
 
 Shapes are in the comments: ``b`` batch, ``t`` sequence length, ``v`` vocabulary.
 """
 
 from __future__ import annotations
+
+import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -224,3 +228,83 @@ class AdaptiveKLController(FixedKLController):
     def update(self, kl: float, n_steps: int) -> None:
         error = min(max(kl / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + error * n_steps / self.horizon
+
+
+# ---------------------------------------------------------------------------------------------- over-optimisation
+# Gao et al. 2022, "Scaling Laws for Reward Model Overoptimization": the gold reward of a policy optimised against a
+# proxy reward model, as a function of d = sqrt(KL(policy || initial policy)), for best-of-n sampling and for RL.
+
+
+def best_of_n_expected(scores: torch.Tensor, n: int) -> torch.Tensor:
+    """Unbiased estimate of ``E[max of n draws]`` from ``k >= n`` samples of each prompt (Nakano et al. 2021,
+    Gao et al. 2022): the mean of the max over all ``C(k, n)`` n-subsets of the k samples, in closed form.
+
+    Sorted ascending, ``s_(1) <= ... <= s_(k)``, the i-th smallest is the max of ``C(i-1, n-1)`` of the subsets, so
+    the estimate is ``sum_i C(i-1, n-1) / C(k, n) * s_(i)``. n = 1 gives the mean, n = k the max.
+    scores: (..., k) float, one row of k scores per prompt (numpy arrays and lists are accepted). Returns (...).
+    """
+    scores = torch.as_tensor(scores)
+    scores = scores if scores.is_floating_point() else scores.double()
+    k = scores.shape[-1]
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= k:
+        raise ValueError(f"best_of_n_expected: n must be an integer in [1, k={k}], got {n!r}")
+    total = math.comb(k, n)  # exact integers: the ratio is rounded once, whatever the size of C(k, n)
+    weights = torch.tensor([math.comb(i, n - 1) / total for i in range(k)], dtype=torch.float64)  # (k,), i = rank - 1
+    return (scores.double().sort(dim=-1).values * weights).sum(-1).to(scores.dtype)
+
+
+def kl_best_of_n(n: int | torch.Tensor) -> float | torch.Tensor:
+    """KL(best-of-n policy || initial policy) = ``log n - (n - 1) / n`` nats (analytic, for continuous rewards)."""
+    if isinstance(n, torch.Tensor):
+        n = n.double()
+        return torch.log(n) - (n - 1) / n
+    if n < 1:
+        raise ValueError(f"kl_best_of_n: n must be >= 1, got {n}")
+    return math.log(n) - (n - 1) / n
+
+
+class OveroptimizationFit(NamedTuple):
+    """A fitted gold-reward curve R(d), d = sqrt(KL): its coefficients, where it peaks, and the KL there
+    (``d_peak`` and ``kl_peak`` are ``inf`` when ``b <= 0``: the curve then never turns down)."""
+
+    a: float
+    b: float
+    d_peak: float
+    kl_peak: float
+
+
+def _least_squares(columns: list[torch.Tensor], gold: torch.Tensor) -> tuple[float, float]:
+    x = torch.stack(columns, dim=1)  # (m, 2)
+    solution = torch.linalg.lstsq(x, gold[:, None]).solution  # (2, 1)
+    return float(solution[0, 0]), float(solution[1, 0])
+
+
+def _points(d, gold) -> tuple[torch.Tensor, torch.Tensor]:
+    d, gold = torch.as_tensor(d, dtype=torch.float64).flatten(), torch.as_tensor(gold, dtype=torch.float64).flatten()
+    if d.shape != gold.shape or d.numel() < 2:
+        raise ValueError(f"a fit needs at least 2 (d, gold) points of equal number, got {d.numel()} d and {gold.numel()} gold")
+    return d, gold
+
+
+def fit_best_of_n(d, gold) -> OveroptimizationFit:
+    """Least-squares fit of Gao et al.'s best-of-n form ``R(d) = d (a - b d)``, with ``d = sqrt(KL)`` and ``R`` the gold
+    reward minus the initial policy's (the form has R(0) = 0). Linear in (a, b). It peaks at ``d* = a / (2 b)``.
+
+    d, gold: (m,) points (tensors, arrays or lists)."""
+    d, gold = _points(d, gold)
+    a, b = _least_squares([d, -d * d], gold)
+    d_peak = a / (2 * b) if b > 0 else math.inf
+    return OveroptimizationFit(a, b, d_peak, d_peak**2)
+
+
+def fit_rl(d, gold) -> OveroptimizationFit:
+    """Least-squares fit of Gao et al.'s RL form ``R(d) = d (a - b log d)``, with ``d = sqrt(KL) > 0`` and ``R`` the gold
+    reward minus the initial policy's. Linear in (a, b). It peaks where ``a - b (log d + 1) = 0``: ``d* = exp(a/b - 1)``.
+
+    d, gold: (m,) points (tensors, arrays or lists); every d must be > 0 (log d)."""
+    d, gold = _points(d, gold)
+    if bool((d <= 0).any()):
+        raise ValueError("fit_rl: every d = sqrt(KL) must be > 0 (the form has log d); leave out the initial policy's point")
+    a, b = _least_squares([d, -d * torch.log(d)], gold)
+    d_peak = math.exp(min(a / b - 1, 700.0)) if b > 0 else math.inf  # exp(700) ~ 1e304: no overflow
+    return OveroptimizationFit(a, b, d_peak, d_peak**2)

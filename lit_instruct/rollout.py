@@ -101,12 +101,14 @@ def generate(
     top_p: float = 1.0,
     do_sample: bool = True,
     synced_gpus: bool = False,
+    keep_logits: bool = True,
 ) -> Rollout:
     """Sample responses with the KV cache, stopping at EOS; the response is padded to the longest one in the batch.
 
     The policy's raw logits at each sampled position come back too (``generation_logits``): they are what a
     forward pass over the rollout would compute (same weights, eval mode), so scoring reuses them instead of
-    running the policy again."""
+    running the policy again. ``keep_logits=False`` keeps none (``generation_logits`` is ``None``): for callers that
+    only want the tokens, a (b, r, v) tensor less."""
     out = policy.generate(
         input_ids=query,
         attention_mask=query_mask,
@@ -120,12 +122,12 @@ def generate(
         use_cache=True,
         synced_gpus=synced_gpus,
         return_dict_in_generate=True,
-        output_logits=True,
+        output_logits=keep_logits,
     )
     response = out.sequences[:, query.shape[1]:]
     mask, ended = response_mask(response, eos_token_id)
     response = response.masked_fill(mask == 0, pad_token_id)
-    logits = torch.stack(out.logits, dim=1)  # (b, r, v): one step per response position
+    logits = torch.stack(out.logits, dim=1) if keep_logits else None  # (b, r, v): one step per response position
     return Rollout(query=query, query_mask=query_mask, response=response, response_mask=mask, ended=ended, generation_logits=logits)
 
 

@@ -338,3 +338,99 @@ def test_explained_variance_is_one_for_perfect_predictions():
     mask, _ = random_mask(3, 5, seed=9)
     target = torch.randn(3, 5)
     assert math.isclose(float(explained_variance(target, target, mask)), 1.0, abs_tol=1e-6)
+
+
+# ====================================================================== over-optimisation (Gao et al. 2022)
+import itertools  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from lit_instruct.objectives import (  # noqa: E402
+    best_of_n_expected,
+    fit_best_of_n,
+    fit_rl,
+    kl_best_of_n,
+)
+
+
+def brute_force_best_of_n(scores: list[float], n: int) -> float:
+    """The mean over every n-subset of the k samples of the subset's max."""
+    subsets = list(itertools.combinations(scores, n))
+    return sum(max(s) for s in subsets) / len(subsets)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 8])
+def test_best_of_n_estimator_equals_the_mean_max_over_all_n_subsets(k):
+    torch.manual_seed(k)
+    scores = torch.randn(4, k, dtype=torch.float64)
+    scores[0, : k // 2] = 0.25  # ties
+    for n in range(1, k + 1):
+        expected = torch.tensor([brute_force_best_of_n(row.tolist(), n) for row in scores], dtype=torch.float64)
+        torch.testing.assert_close(best_of_n_expected(scores, n), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_best_of_n_estimator_invariances_and_its_ends():
+    torch.manual_seed(0)
+    scores = torch.randn(2, 3, 7, dtype=torch.float64)  # any leading shape: (prompts..., k)
+    for n in (1, 3, 7):
+        base = best_of_n_expected(scores, n)
+        assert base.shape == (2, 3)
+        torch.testing.assert_close(best_of_n_expected(scores[..., torch.randperm(7)], n), base)  # order of the samples
+        torch.testing.assert_close(best_of_n_expected(scores + 2.5, n), base + 2.5)  # a shift moves it as much
+        torch.testing.assert_close(best_of_n_expected(3.0 * scores, n), 3.0 * base)  # positive scale
+    torch.testing.assert_close(best_of_n_expected(scores, 1), scores.mean(-1))
+    torch.testing.assert_close(best_of_n_expected(scores, 7), scores.amax(-1))
+    # more draws, a larger expected max; numpy in, same answer
+    assert bool((best_of_n_expected(scores, 4) >= best_of_n_expected(scores, 3)).all())
+    torch.testing.assert_close(best_of_n_expected(scores.numpy(), 4), best_of_n_expected(scores, 4))
+    for bad in (0, 8, 2.0):
+        with pytest.raises(ValueError, match="n must be an integer in"):
+            best_of_n_expected(scores, bad)
+
+
+def test_best_of_n_estimator_is_unbiased_for_a_known_distribution():
+    """E[max of n uniforms on [0, 1]] = n / (n + 1): the estimator's mean over many prompts lands on it."""
+    scores = torch.rand(20000, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for n in (1, 2, 4, 8):
+        assert abs(float(best_of_n_expected(scores, n).mean()) - n / (n + 1)) < 0.005
+
+
+def test_kl_of_best_of_n():
+    assert kl_best_of_n(1) == 0.0
+    assert math.isclose(kl_best_of_n(2), math.log(2) - 0.5)
+    assert math.isclose(kl_best_of_n(16), math.log(16) - 15 / 16)
+    ns = torch.tensor([1, 2, 4, 16, 1024])
+    torch.testing.assert_close(kl_best_of_n(ns), torch.tensor([kl_best_of_n(int(n)) for n in ns], dtype=torch.float64))
+    assert bool((kl_best_of_n(ns).diff() > 0).all())  # more samples, further from the initial policy
+    with pytest.raises(ValueError):
+        kl_best_of_n(0)
+
+
+def test_fits_recover_known_coefficients_and_peaks():
+    d = np.linspace(0.05, 6.0, 40)
+    a, b = 1.3, 0.4
+    bon = fit_best_of_n(d, d * (a - b * d))
+    assert math.isclose(bon.a, a, rel_tol=1e-9) and math.isclose(bon.b, b, rel_tol=1e-9)
+    assert math.isclose(bon.d_peak, a / (2 * b)) and math.isclose(bon.kl_peak, (a / (2 * b)) ** 2)
+    rl = fit_rl(torch.tensor(d), torch.tensor(d * (a - b * np.log(d))))
+    assert math.isclose(rl.a, a, rel_tol=1e-9) and math.isclose(rl.b, b, rel_tol=1e-9)
+    assert math.isclose(rl.d_peak, math.exp(a / b - 1)) and math.isclose(rl.kl_peak, math.exp(a / b - 1) ** 2)
+    # the peaks are where the fitted curves are highest, on a fine grid
+    grid = np.linspace(0.01, 40.0, 400001)
+    assert abs(grid[np.argmax(grid * (bon.a - bon.b * grid))] - bon.d_peak) < 1e-3
+    assert abs(grid[np.argmax(grid * (rl.a - rl.b * np.log(grid)))] - rl.d_peak) < 1e-3
+
+
+def test_fits_with_mild_noise_and_their_refusals():
+    rng = np.random.default_rng(0)
+    d = np.linspace(0.1, 5.0, 200)
+    noisy = fit_best_of_n(d, d * (1.0 - 0.25 * d) + rng.normal(0, 0.02, d.shape))
+    assert abs(noisy.a - 1.0) < 0.02 and abs(noisy.b - 0.25) < 0.01 and abs(noisy.d_peak - 2.0) < 0.1
+    noisy = fit_rl(d, d * (0.8 - 0.5 * np.log(d)) + rng.normal(0, 0.02, d.shape))
+    assert abs(noisy.a - 0.8) < 0.02 and abs(noisy.b - 0.5) < 0.02 and abs(noisy.d_peak - math.exp(0.6)) < 0.1
+    # a curve that never turns down has no peak
+    assert fit_best_of_n(d, 0.7 * d + 0.1 * d * d).d_peak == math.inf
+    with pytest.raises(ValueError, match="must be > 0"):
+        fit_rl([0.0, 1.0, 2.0], [0.0, 1.0, 1.5])
+    with pytest.raises(ValueError, match="at least 2"):
+        fit_best_of_n([1.0], [0.5])

@@ -3,7 +3,8 @@
 ``lit-instruct fit|validate --config FILE [--config FILE ...]`` is LightningCLI: the stage's LightningModule and
 LightningDataModule are chosen by ``class_path`` in the YAML, and every constructor argument is a config key and a
 command-line flag (``--model.kl.kl_coef 0.05``). A config may compose shared fragments (``compose:``, read by
-:mod:`lit_instruct.tools.configs`). ``export``, ``pipeline``, ``sweep``, ``study``, ``eval`` and ``interpolate`` are the tools around the stages.
+:mod:`lit_instruct.tools.configs`). ``export``, ``pipeline``, ``sweep``, ``study``, ``eval``, ``interpolate``, ``sample`` and ``label`` are the tools
+around the stages.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ TOOLS = {
     "study": "the alignment-tax plots and table from a sweep's runs",
     "eval": "the alignment tax on public NLP benchmarks (lm-evaluation-harness): SQuADv2, DROP, FR->EN, any harness task",
     "interpolate": "the weight-interpolation baseline: SFT and PPO weights mixed at several ratios, reward and tax each",
+    "sample": "K sampled responses per prompt from a policy export (the iterated loop's first step; best-of-n)",
+    "label": "rank sampled responses with a judge reward model into the reward stage's ranking format",
 }
 
 
@@ -304,6 +307,14 @@ def _main(args: list[str]) -> None:
         from lit_instruct.tools.interpolate import main as interpolate_main
 
         return interpolate_main(rest)
+    if command == "sample":
+        from lit_instruct.tools.sample import main as sample_main
+
+        return sample_main(rest)
+    if command == "label":
+        from lit_instruct.tools.label import main as label_main
+
+        return label_main(rest)
     configure_wandb_env()
     if command == "pipeline":
         from lit_instruct.tools.pipeline import main as pipeline_main
