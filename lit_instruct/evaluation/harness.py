@@ -22,7 +22,7 @@ import importlib.util
 import logging
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import yaml
@@ -246,6 +246,3 @@ def headline(results: dict[str, dict[str, float]]) -> dict[str, float]:
     return {f"{PREFIX}/{task}/{metric}": results[task][metric] for task, metric in HEADLINE_METRICS.items()
             if task in results and metric in results[task]}
 
-
-def summary(results: dict[str, Any]) -> str:
-    return ", ".join(f"{key.split('/', 1)[1]} {value:.2f}" for key, value in flat_metrics(results).items())

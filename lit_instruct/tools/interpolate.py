@@ -18,11 +18,13 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
 from lit_instruct.evaluation import harness, measure_policy
 from lit_instruct.models.causal_lm import load_causal_lm, load_tokenizer
 from lit_instruct.models.export import read_metadata
+from lit_instruct.tools import plots
 from lit_instruct.tools.configs import load_config
 from lit_instruct.tools.report import TAX_COLUMNS
 
@@ -145,30 +147,22 @@ def write_report(out: Path, report: dict) -> None:
 
 
 def plot(path: Path, report: dict, tax_keys: list[str]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     score = "judge_score" if any("judge_score" in r for r in report["rows"]) else "score"
     taxes = ["pretrain_loss"] + tax_keys
-    fig, axes = plt.subplots(1, len(taxes), figsize=(4.2 * len(taxes), 3.6), squeeze=False)
     curve = [r for r in report["rows"] if r["ratio"] is not None]
-    for ax, tax in zip(axes[0], taxes):
-        ax.plot([r.get(tax) for r in curve], [r.get(score) for r in curve], "o-", label="SFT -> PPO interpolation")
-        for r in curve:
-            ax.annotate(f"{r['ratio']:g}", (r.get(tax), r.get(score)), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        for r in report["rows"]:
-            if r["ratio"] is None:
-                ax.plot([r.get(tax)], [r.get(score)], "s", label=Path(r["policy"]).name)
-        ax.set_xlabel(TAX_COLUMNS[tax][0] if tax in TAX_COLUMNS else "held-out pretraining loss")
-        ax.set_ylabel(score)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle("reward against the alignment tax: weight interpolation vs the pretraining mix", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    title = "reward against the alignment tax: weight interpolation vs the pretraining mix"
+    with plots.figure(path, 1, len(taxes), figsize=(4.2 * len(taxes), 3.6), dpi=120, title=title) as axes:
+        for ax, tax in zip(np.atleast_1d(axes).ravel(), taxes):
+            ax.plot([r.get(tax) for r in curve], [r.get(score) for r in curve], "o-", label="SFT -> PPO interpolation")
+            for r in curve:
+                ax.annotate(f"{r['ratio']:g}", (r.get(tax), r.get(score)), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            for r in report["rows"]:
+                if r["ratio"] is None:
+                    ax.plot([r.get(tax)], [r.get(score)], "s", label=Path(r["policy"]).name)
+            ax.set_xlabel(TAX_COLUMNS[tax][0] if tax in TAX_COLUMNS else "held-out pretraining loss")
+            ax.set_ylabel(score)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
 
 
 def main(argv: list[str]) -> None:
