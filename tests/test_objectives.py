@@ -369,6 +369,25 @@ def test_best_of_n_estimator_equals_the_mean_max_over_all_n_subsets(k):
         torch.testing.assert_close(best_of_n_expected(scores, n), expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_best_of_n_by_a_proxy_scored_by_gold_equals_brute_force(k):
+    """Gao et al.'s best-of-n: the proxy picks, the gold model scores the pick; mean over every n-subset."""
+    torch.manual_seed(10 + k)
+    proxy, gold = torch.randn(5, k, dtype=torch.float64), torch.randn(5, k, dtype=torch.float64)
+    proxy[0, : (k + 1) // 2] = 0.5  # proxy ties: the first sample of equals is picked
+    for n in range(1, k + 1):
+        expected = []
+        for p_row, g_row in zip(proxy.tolist(), gold.tolist()):
+            subsets = list(itertools.combinations(range(k), n))
+            expected.append(sum(g_row[max(s, key=lambda i: p_row[i])] for s in subsets) / len(subsets))
+        torch.testing.assert_close(best_of_n_expected(gold, n, key=proxy), torch.tensor(expected, dtype=torch.float64),
+                                   rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(best_of_n_expected(gold, k, key=gold), best_of_n_expected(gold, k))  # its own key
+    torch.testing.assert_close(best_of_n_expected(gold, 1, key=proxy), gold.mean(-1))  # n = 1: no selection
+    with pytest.raises(ValueError, match="key has shape"):
+        best_of_n_expected(gold, 1, key=proxy[:2])
+
+
 def test_best_of_n_estimator_invariances_and_its_ends():
     torch.manual_seed(0)
     scores = torch.randn(2, 3, 7, dtype=torch.float64)  # any leading shape: (prompts..., k)
