@@ -82,6 +82,19 @@ def ranking_loss(
     }
 
 
+# ---------------------------------------------------------------------------------------------- learning rate
+def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0) -> float:
+    """The learning-rate multiplier at ``step`` of the SFT and reward stages' schedule: linear warm-up from 0 over
+    ``warmup_steps``, then half a cosine from 1 down to ``min_lr_ratio`` at ``total_steps`` (the same numbers as
+    transformers' ``get_cosine_with_min_lr_schedule_with_warmup``, without importing its trainer, which imports peft
+    and bitsandbytes when they are installed)."""
+    if step < warmup_steps:
+        return float(step) / float(max(1, warmup_steps))
+    progress = float(step - warmup_steps) / float(max(1, total_steps - warmup_steps))
+    factor = 0.5 * (1.0 + math.cos(math.pi * 0.5 * 2.0 * progress))
+    return max(0.0, factor * (1 - min_lr_ratio) + min_lr_ratio)
+
+
 # ---------------------------------------------------------------------------------------------- PPO
 # Shapes: b rollouts, t response tokens; ``mask`` (b, t) is 1 on response tokens up to and including the last
 # (EOS or the length limit) and 0 on padding after it.

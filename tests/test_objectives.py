@@ -453,3 +453,19 @@ def test_fits_with_mild_noise_and_their_refusals():
         fit_rl([0.0, 1.0, 2.0], [0.0, 1.0, 1.5])
     with pytest.raises(ValueError, match="at least 2"):
         fit_best_of_n([1.0], [0.5])
+
+
+def test_the_warmup_cosine_schedule_is_transformers_own():
+    """The SFT / reward schedule gives transformers' ``get_cosine_with_min_lr_schedule_with_warmup`` numbers at every
+    step (it is ours only so that importing lit_instruct does not import transformers' trainer, peft and bitsandbytes)."""
+    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
+
+    from lit_instruct.objectives import warmup_cosine_factor
+
+    for warmup, total, ratio in ((0, 10, 0.0), (3, 20, 0.1), (5, 5, 0.5), (10, 7, 0.1)):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        theirs = get_cosine_with_min_lr_schedule_with_warmup(optimizer, warmup, total, min_lr_rate=ratio)
+        for step in range(total + 3):
+            assert warmup_cosine_factor(step, warmup, total, ratio) == pytest.approx(theirs.lr_lambdas[0](step), abs=1e-15)
+    assert warmup_cosine_factor(0, 4, 10) == 0.0 and warmup_cosine_factor(4, 4, 10) == 1.0
+    assert warmup_cosine_factor(10, 4, 10, 0.1) == pytest.approx(0.1)  # the floor at the end
