@@ -116,7 +116,8 @@ def best_of_n(samples: str, gold: str, proxies: list[str], out: str | Path, *, n
             print(f"  {p['n']:5d}  {p['kl']:9.3f}   {p['proxy_score']:+.3f}±{p['proxy_sem']:.3f}  {p['gold_score']:+.3f}±{p['gold_sem']:.3f}")
         if "gold" in curve["fit"]:
             f = curve["fit"]["gold"]
-            print(f"  gold fit d(a - b d): a {f['a']:+.3f}, b {f['b']:+.3f}, peak at KL {f['kl_peak']:.3g} nats")
+            peak = "never (b <= 0)" if math.isinf(f["kl_peak"]) else f"{f['kl_peak']:.3g} nats"
+            print(f"  gold fit d(a - b d): a {f['a']:+.4g}, b {f['b']:+.4g}, fitted peak at KL {peak}")
     print(f"wrote {out} ({len(rows)} prompts, K {k}, {result['seconds']} s)")
     return result
 

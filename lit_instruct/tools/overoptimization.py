@@ -132,7 +132,7 @@ def _fit_cells(fit: dict | None) -> str:
     if not fit:
         return "| – | – | – |"
     peak = "never (b <= 0)" if math.isinf(fit["kl_peak"]) else f"{fit['kl_peak']:.3g}"
-    return f"| {fit['a']:+.3f} | {fit['b']:+.3f} | {peak} |"
+    return f"| {fit['a']:+.3f} | {fit['b']:+.4f} | {peak} |"
 
 
 def markdown(rl: list[dict], bon: list[dict]) -> list[str]:

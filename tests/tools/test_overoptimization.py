@@ -129,6 +129,6 @@ def test_the_study_draws_and_fits_gold_and_proxy_for_rl_and_best_of_n(tmp_path, 
     assert bon["points"][-1]["proxy_gain"] == pytest.approx(points[-1]["d"])
     assert (out / "overoptimization.png").stat().st_size > 10_000
     md = (out / "overoptimization.md").read_text()
-    assert "| RL (2 run(s)) | a | 7 | +0.900 | +0.300 |" in md and "| best-of-n (K 16, 20 prompts) | a | 5 | +1.200 | +0.500 |" in md
+    assert "| RL (2 run(s)) | a | 7 | +0.900 | +0.3000 |" in md and "| best-of-n (K 16, 20 prompts) | a | 5 | +1.200 | +0.5000 |" in md
     study_tool.study(runs, out)  # the initial policy's measurement is cached
     assert len(calls) == 1
