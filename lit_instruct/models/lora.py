@@ -28,6 +28,7 @@ from lit_instruct.models.export import (
     _swap_in,
     cast_state_dict,
     check_export_target,
+    owning_storage,
 )
 from lit_instruct.strategies import is_zero3
 
@@ -205,8 +206,8 @@ def merged_state_dict(module: nn.Module, strategy=None) -> Optional[dict[str, to
             out.update({prefix + k: v for k, v in _plain(child).items()})
         for key, value in module.state_dict().items():
             if not any(key.startswith(prefix) for prefix, _ in children):
-                out[key] = value.detach().cpu().clone()
-        return out
+                out[key] = value.detach().cpu()
+        return owning_storage(out)  # DeepSpeed's parameters are views into one flat buffer
 
 
 def plain_config(config):
