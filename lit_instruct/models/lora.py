@@ -104,6 +104,11 @@ def add_adapters(model: nn.Module, settings: LoraSettings, *, causal_lm: bool = 
         raise ImportError("lora: LoRA needs the peft package: pip install 'lit-instruct[lora]' (or pip install peft)") from None
     if any(_is_quantized(m) for m in model.modules()):  # (gradient checkpointing is the loader's, non-reentrant)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        for module in model.modules():
+            # bitsandbytes repacks 4-bit weights for an inference-only CPU kernel at the first eval pass (a rollout),
+            # and training's forward then fails on the repacked weights: a base that trains adapters never repacks
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout, bias="none",
                         target_modules=settings.target_modules, task_type="CAUSAL_LM" if causal_lm else None)
     training = model.training
@@ -173,6 +178,17 @@ def _plain(peft_model) -> dict[str, torch.Tensor]:
     for key, value in base.state_dict().items():
         if not any(key.startswith(prefix) for prefix in done):
             out[key] = value.detach().cpu()
+    # bitsandbytes quantizes GPT-2's Conv1D layers (weight: in x out) as Linear layers (out x in): back to Conv1D's
+    from transformers.pytorch_utils import Conv1D
+
+    with torch.device("meta"):
+        skeleton = type(base)(plain_config(base.config))
+    for prefix in done:
+        name = prefix[:-1]
+        live = base.get_submodule(name)
+        live = live.get_base_layer() if isinstance(live, LoraLayer) else live
+        if isinstance(skeleton.get_submodule(name), Conv1D) and not isinstance(live, Conv1D):
+            out[prefix + "weight"] = out[prefix + "weight"].T.contiguous()
     return out
 
 
