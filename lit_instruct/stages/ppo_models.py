@@ -116,6 +116,9 @@ def policy_and_critic_optimizer(policy: torch.nn.Module, critic: torch.nn.Module
 
 def policy_ema(policy: torch.nn.Module, decay: float) -> AveragedModel:
     """An exponential moving average of ``policy``'s weights (and buffers), frozen and in eval mode."""
+    if any(not p.is_floating_point() for p in policy.parameters()):
+        raise ValueError("ema_decay with model.lora.quantize: the average cannot be taken over 8/4-bit weights; "
+                         "set ema_decay: null, or train LoRA without quantize")
     ema = AveragedModel(policy, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
     ema.requires_grad_(False)
     ema.eval()
