@@ -189,18 +189,20 @@ def test_llama_bf16_lora_and_qlora_merge_to_the_same_logits(tmp_path, quantize):
     assert error < 0.1 * in_memory.abs().max() and error < 0.1 * adapters_effect, (error, adapters_effect)
 
 
-def test_lora_ppo_resumes_from_a_lightning_checkpoint(tiny_exports, tmp_path):
+def test_lora_ppo_with_gradient_checkpointing_resumes_from_a_lightning_checkpoint(tiny_exports, tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     settings = dict(limit_train_batches=1, limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=tmp_path)
-    first = ppo(tiny_exports, lora={**vars(LORA), "r": 2}, ptx={"ptx_coef": 0.0})  # a dict, as a checkpoint holds it
+    first = ppo(tiny_exports, lora={**vars(LORA), "r": 2}, ptx={"ptx_coef": 0.0},  # a dict, as a checkpoint holds it
+                gradient_checkpointing=True)
+    assert first.policy.is_gradient_checkpointing and first.critic.backbone.is_gradient_checkpointing
     quiet_trainer(max_epochs=1, callbacks=[ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)],
                   **settings).fit(first, ppo_data())
     state = torch.load(tmp_path / "ck" / "last.ckpt", weights_only=False)
     assert state["hyper_parameters"]["lora"]["r"] == 2 and not any(k.startswith("reference.") for k in state["state_dict"])
     adapters = {k: v for k, v in state["state_dict"].items() if "lora_B" in k}
     assert adapters and any(v.abs().sum() > 0 for v in adapters.values())
-    resumed = ppo(tiny_exports, lora={**vars(LORA), "r": 2}, ptx={"ptx_coef": 0.0})
+    resumed = ppo(tiny_exports, lora={**vars(LORA), "r": 2}, ptx={"ptx_coef": 0.0}, gradient_checkpointing=True)
     quiet_trainer(max_epochs=2, enable_checkpointing=False, **settings).fit(  # one more iteration
         resumed, ppo_data(), ckpt_path=tmp_path / "ck" / "last.ckpt")
     assert resumed.episodes == 16 and resumed.trainer.global_step > first.trainer.global_step
