@@ -149,7 +149,11 @@ def check_source(name_or_path: str) -> str:
 
     A hub id has at most one ``/`` and never starts with ``.``, ``/`` or ``~``; anything else is a path.
     """
-    if name_or_path == EMBEDDED or Path(name_or_path).expanduser().exists():
+    path = Path(name_or_path).expanduser()
+    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        raise ValueError(f"{name_or_path}: a LoRA adapters export (lora.export_adapters: true), not a model; lit-instruct "
+                         "reads merged exports: export again without export_adapters, or merge it with peft")
+    if name_or_path == EMBEDDED or path.exists():
         return name_or_path
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or os.sep != "/" and os.sep in name_or_path:
         raise FileNotFoundError(

@@ -126,23 +126,26 @@ class RewardModel(nn.Module):
         gradient_checkpointing: bool = False,
         prompt_template: str = DEFAULT_TEMPLATE,
         dtype: "str | torch.dtype" = torch.float32,
+        quantization_config=None,
     ) -> "RewardModel":
         """A new reward model from a causal LM (``"embedded"``, hub name or directory): its unembedding is dropped.
 
         A reward-model directory (``...ForSequenceClassification``, ours or TRL's / OpenRLHF's) also works: its head
-        is kept, so training continues from it. Weights load in ``dtype`` (fp32 masters by default)."""
+        is kept, so training continues from it. Weights load in ``dtype`` (fp32 masters by default), or quantized by
+        ``quantization_config`` (a QLoRA base)."""
         dtype = as_dtype(dtype)
         head = None
+        kwargs = {"quantization_config": quantization_config} if quantization_config is not None else {}
         if name_or_path == EMBEDDED:
             backbone = GPT2Model(embedded_config(tokenizer, tiny, residual_dropout)).to(dtype)
         else:
             config = AutoConfig.from_pretrained(check_source(name_or_path))
             set_dropout(config, residual_dropout)
             if is_reward_model_dir(name_or_path):
-                model = AutoModelForSequenceClassification.from_pretrained(name_or_path, config=config, dtype=dtype)
+                model = AutoModelForSequenceClassification.from_pretrained(name_or_path, config=config, dtype=dtype, **kwargs)
                 backbone, head = model.base_model, model.score
             else:
-                backbone = AutoModel.from_pretrained(name_or_path, config=config, dtype=dtype)
+                backbone = AutoModel.from_pretrained(name_or_path, config=config, dtype=dtype, **kwargs)
         if len(tokenizer) > backbone.get_input_embeddings().num_embeddings:
             raise ValueError(f"tokenizer has {len(tokenizer)} tokens but {name_or_path!r} embeds fewer: they do not belong together")
         if gradient_checkpointing:
@@ -216,6 +219,7 @@ class RewardModel(nn.Module):
         if "head.bias" in state_dict:  # a critic's head: its bias joins the shift (the format's score has no bias)
             raise ValueError("a value head with a bias is not a reward model export")
         config = copy.deepcopy(self.backbone.config)
+        config.__dict__.pop("quantization_config", None)  # a QLoRA backbone's: the export's weights are dense
         config.architectures = [seq_cls.__name__]
         config.num_labels = 1
         pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id

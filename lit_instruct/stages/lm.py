@@ -23,6 +23,13 @@ from lit_instruct.models.causal_lm import (
     load_causal_lm,
     load_tokenizer,
 )
+from lit_instruct.models.lora import (
+    LoraSettings,
+    add_adapters,
+    as_lora,
+    quantization_config,
+    settings_dict,
+)
 from lit_instruct.objectives import IGNORE_INDEX, lm_loss
 from lit_instruct.stages.stage import Stage, default_optimizer
 from lit_instruct.strategies import synced_generation
@@ -53,6 +60,8 @@ class CausalLMModule(Stage):
             or bf16): float32, the default, keeps fp32 master weights under ``bf16-mixed`` (an fp16 weight stepped
             by an update smaller than its rounding step would not move).
         export_dtype: dtype of the exported weights (``config.json`` says which).
+        lora: Train LoRA adapters (``peft``) on the frozen model instead of every weight (:class:`LoraSettings`;
+            ``quantize`` for QLoRA); the export merges them. ``None``: full fine-tuning.
     """
 
     stage = "lm"
@@ -73,8 +82,11 @@ class CausalLMModule(Stage):
         attn_implementation: Optional[str] = None,
         load_dtype: DtypeName = "float32",
         export_dtype: DtypeName = "float32",
+        lora: Optional[LoraSettings] = None,
     ) -> None:
         super().__init__()
+        self.lora = as_lora(lora)
+        lora = settings_dict(self.lora)  # saved as a plain dict, as a config gives it
         self.save_hyperparameters()
         self.optimizer_factory = optimizer
         tiny = TinyConfig(**tiny) if isinstance(tiny, dict) else tiny
@@ -87,7 +99,10 @@ class CausalLMModule(Stage):
             attn_implementation=attn_implementation,
             gradient_checkpointing=gradient_checkpointing,
             dtype=load_dtype,
+            quantization_config=quantization_config(self.lora, model_name_or_path),
         )
+        if self.lora is not None:
+            self.model = add_adapters(self.model, self.lora)
         self.val_loss = MeanMetric()
         self.val_perplexity = Perplexity(ignore_index=IGNORE_INDEX)
 

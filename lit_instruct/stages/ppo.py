@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_instruct.loggers import log_table
 from lit_instruct.models.causal_lm import DtypeName
+from lit_instruct.models.lora import LoraSettings, as_lora, settings_dict
 from lit_instruct.objectives import (
     AdaptiveKLController,
     FixedKLController,
@@ -106,9 +107,11 @@ class PPOModule(Stage):
         export_dir: Where the policy export is written; ``None``: ``<default_root_dir>/export``.
         num_sample_prompts: Validation responses logged as a table (next to the SFT reference's).
         val_seed: Seed of validation's sampling (its own stream: validations are comparable, training's is untouched).
+        lora: LoRA adapters on the policy and critic (:class:`LoraSettings`); the reference is the policy, adapters off.
     """
 
     stage = "ppo"
+    upgrade_hparams = classmethod(lambda cls, hparams: group_flat_hparams(hparams))  # flat kl_coef etc. grouped
 
     def __init__(
         self,
@@ -139,18 +142,20 @@ class PPOModule(Stage):
         export_dir: Optional[str] = None,
         num_sample_prompts: int = 4,
         val_seed: int = 1234,
+        lora: Optional[LoraSettings] = None,
     ) -> None:
         super().__init__()
         groups = as_group(sampling, Sampling), as_group(ppo, PPOUpdate), as_group(kl, KLPenalty), as_group(ptx, PtxMix)
         self.sampling, self.ppo, self.kl, self.ptx = groups
         sampling, ppo, kl, ptx = (dict(vars(g)) for g in groups)  # saved as plain dicts, as a config gives them
+        lora = settings_dict(as_lora(lora))
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.optimizer_factory = optimizer
         self.tokenizer, self.policy, self.reference, self.reward_model, self.critic = load_ppo_models(
             policy_name_or_path, reward_model_path, reference_name_or_path, critic_name_or_path, load_dtype=load_dtype,
             frozen_dtype=frozen_dtype, frozen_quantization=frozen_quantization, disable_dropout=disable_dropout,
-            require_reward_normalization=require_reward_normalization, gradient_checkpointing=gradient_checkpointing)
+            require_reward_normalization=require_reward_normalization, gradient_checkpointing=gradient_checkpointing, lora=lora)
         self.judge, self.gold = (load_judge(p, reward_model_path, frozen_dtype or load_dtype, r) for p, r in ((judge_path, "judge"), (gold_path, "gold")))
         if missing_eos_penalty is not None and "gain" not in (self.reward_model.normalization or {}):
             rank_zero_warn(f"missing_eos_penalty={missing_eos_penalty} on a reward model normalised without a gain "
@@ -176,11 +181,6 @@ class PPOModule(Stage):
         """Whether updates mix in pretraining text (the data module then needs training text for it)."""
         return self.ptx.ptx_coef > 0 and self.ptx.examples_per_episode > 0
 
-    @classmethod
-    def upgrade_hparams(cls, hparams: dict) -> dict:
-        """Saved hyper-parameters from before the grouped settings (flat ``kl_coef``, ``adaptive_kl``, ...), grouped."""
-        return group_flat_hparams(hparams)
-
     def trained_module(self) -> torch.nn.Module:
         return self.policy
 
@@ -188,7 +188,7 @@ class PPOModule(Stage):
         return [self.policy, self.critic]
 
     def frozen_modules(self) -> list[torch.nn.Module]:
-        return [m for m in (self.reference, self.reward_model, self.judge, self.gold, self.ema) if m is not None]
+        return [m for m in (self.reference, self.reward_model, self.judge, self.gold, self.ema) if isinstance(m, torch.nn.Module)]
 
     def evaluated_policy(self) -> torch.nn.Module:
         """The policy that validation measures and the export writes: the EMA of the weights when ``ema_decay`` is set."""

@@ -24,6 +24,13 @@ from lit_instruct.models.causal_lm import (
     load_causal_lm,
     load_tokenizer,
 )
+from lit_instruct.models.lora import (
+    LoraSettings,
+    add_adapters,
+    as_lora,
+    quantization_config,
+    settings_dict,
+)
 from lit_instruct.models.reward_model import RewardModel
 from lit_instruct.objectives import better_pairs, ranking_loss
 from lit_instruct.rollout import collate_prompts, generate
@@ -73,6 +80,8 @@ class RewardModule(Stage):
         export_dtype: dtype of the exported weights (the normalisation shift is stored exactly either way).
         gain: The normalisation's gain from the starting policy's samples (:class:`RewardGain`); its ``policy``
             ``None`` normalises by the shift alone.
+        lora: Train LoRA adapters (``peft``) on the frozen transformer, and the head in full, instead of every weight
+            (:class:`LoraSettings`; ``quantize`` for QLoRA); the export merges them. ``None``: full fine-tuning.
     """
 
     stage = "reward"
@@ -92,10 +101,11 @@ class RewardModule(Stage):
         load_dtype: DtypeName = "float32",
         export_dtype: DtypeName = "float32",
         gain: RewardGain = RewardGain(),
+        lora: Optional[LoraSettings] = None,
     ) -> None:
         super().__init__()
-        self.gain = as_group(gain, RewardGain)
-        gain = dict(vars(self.gain))  # saved as a plain dict, as a config gives it
+        self.gain, self.lora = as_group(gain, RewardGain), as_lora(lora)
+        gain, lora = dict(vars(self.gain)), settings_dict(self.lora)  # saved as plain dicts, as a config gives them
         self.save_hyperparameters()
         self.optimizer_factory = optimizer
         tiny = TinyConfig(**tiny) if isinstance(tiny, dict) else tiny
@@ -103,7 +113,10 @@ class RewardModule(Stage):
         self.reward_model = RewardModel.from_causal_lm(
             model_name_or_path, self.tokenizer, tiny=tiny, residual_dropout=residual_dropout,
             gradient_checkpointing=gradient_checkpointing, dtype=load_dtype,
+            quantization_config=quantization_config(self.lora, model_name_or_path),
         )
+        if self.lora is not None:
+            self.reward_model.backbone = add_adapters(self.reward_model.backbone, self.lora, causal_lm=False)
         self.val_loss = MeanMetric()
         self.val_margin = MeanMetric()
         self.val_accuracy = BinaryAccuracy()

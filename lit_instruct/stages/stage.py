@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lit_instruct.callbacks import TokenThroughput
 from lit_instruct.models import export as export_lib
+from lit_instruct.models.lora import export_lora, has_adapters
 from lit_instruct.objectives import warmup_cosine_factor
 from lit_instruct.utils import class_path
 
@@ -199,15 +200,25 @@ class Stage(L.LightningModule):
         trainer = self._trainer
         strategy = trainer.strategy if trainer is not None else None
         model, tokenizer = self.export_target()
-        state_dict = export_lib.full_state_dict(model, strategy)
+        lora = has_adapters(model)
+        state_dict = None if lora else export_lib.full_state_dict(model, strategy)
         dtype = self.hparams.get("export_dtype") or "float32"
         out = Path(out_dir)
-        if strategy is None or strategy.global_rank == 0:
-            metadata = {"stage": self.stage, "class_path": class_path(self), "hparams": dict(self.hparams), "dtype": dtype}
+        metadata = {"stage": self.stage, "class_path": class_path(self), "hparams": dict(self.hparams), "dtype": dtype}
+        if lora:  # merged weights (a plain Hugging Face directory), or the peft adapters alone on request
+            adapters = bool((self.hparams.get("lora") or {}).get("export_adapters"))
+            metadata.update({**self.export_metadata(), **(extra or {}), "lora": {"merged": not adapters, "base": self.lora_base()}})
+            export_lora(model, tokenizer, out, metadata, strategy=strategy, dtype=dtype, adapters=adapters)
+        elif strategy is None or strategy.global_rank == 0:
             metadata.update(self.export_metadata())
             metadata.update(extra or {})
             export_lib.save_export(model, tokenizer, out, metadata, state_dict=state_dict, dtype=dtype)
+        if strategy is None or strategy.global_rank == 0:
             rank_zero_info(f"[{self.stage}] exported to {out}")
         if strategy is not None:
             strategy.barrier("export")
         return out
+
+    def lora_base(self) -> Optional[str]:
+        """The model the adapters sit on (what an adapters export names as its base)."""
+        return self.hparams.get("model_name_or_path") or self.hparams.get("policy_name_or_path")
