@@ -322,10 +322,12 @@ def check_prompt_field(row: dict, name: str = "prompt") -> str | None:
     return f"field {name!r} must be a string or a list of messages, got {type(value).__name__}"
 
 
-def encode_pair(tokenizer, prompt_ids: list[int], completion: str, max_length: int, fmt: PromptFormat | None = None) -> tuple[list[int], bool]:
-    """``prompt + response(completion) + EOS`` as ids, cut at ``max_length`` (the flag says whether it was cut)."""
+def encode_pair(tokenizer, prompt_ids: list[int], completion: str, max_length: int, fmt: PromptFormat | None = None,
+                eos: bool = True) -> tuple[list[int], bool]:
+    """``prompt + response(completion) + EOS`` as ids, cut at ``max_length`` (the flag says whether it was cut);
+    ``eos=False``: no EOS, for a sampled response that never ended (scored as PPO's rollout scores it)."""
     text = fmt.response(completion) if fmt is not None else format_response(completion)
-    ids = prompt_ids + tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = prompt_ids + tokenizer(text, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if eos else [])
     return ids[:max_length], len(ids) > max_length
 
 

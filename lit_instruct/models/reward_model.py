@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
+from typing import Optional
 
 import torch
 from safetensors.torch import load_file
@@ -247,23 +248,27 @@ class RewardModel(nn.Module):
 
     @torch.no_grad()
     def score(self, prompts: list, completions: list[str], batch_size: int = 16, max_length: int | None = None,
-              prompts_are_formatted: bool = False) -> torch.Tensor:
+              prompts_are_formatted: bool = False, ended: Optional[list[bool]] = None) -> torch.Tensor:
         """Normalised rewards of ``(prompts[i], completions[i])`` pairs, in batches. Returns a (n,) CPU tensor.
 
         Prompts are formatted as this reward model was trained (its chat template or its text template), unless
-        ``prompts_are_formatted`` (already model input)."""
-        if len(prompts) != len(completions):
-            raise ValueError(f"score: {len(prompts)} prompts but {len(completions)} completions")
+        ``prompts_are_formatted`` (already model input). A completion is scored ended (EOS appended, as the reward
+        stage trains) unless ``ended[i]`` is False: a sampled response cut at the length limit is then scored without
+        EOS, as PPO scores it (the reward read at its last token)."""
+        if len(prompts) != len(completions) or (ended is not None and len(ended) != len(completions)):
+            raise ValueError(f"score: {len(prompts)} prompts, {len(completions)} completions"
+                             + (f", {len(ended)} ended flags" if ended is not None else ""))
         max_length = max_length or self.context_length
         device = next(self.parameters()).device
         fmt = self.format()
         out = []
         for start in range(0, len(prompts), batch_size):
             rows = []
-            for p, c in zip(prompts[start : start + batch_size], completions[start : start + batch_size]):
-                text = p if prompts_are_formatted else fmt.prompt(p)
+            for i in range(start, min(start + batch_size, len(prompts))):
+                text = prompts[i] if prompts_are_formatted else fmt.prompt(prompts[i])
                 prompt_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-                ids, _ = encode_pair(self.tokenizer, prompt_ids[-(max_length - 1):], c, max_length, fmt)
+                ids, _ = encode_pair(self.tokenizer, prompt_ids[-(max_length - 1):], completions[i], max_length, fmt,
+                                     eos=ended is None or bool(ended[i]))
                 rows.append(ids)
             input_ids, mask = pad_with_mask(rows, self.tokenizer.pad_token_id)
             out.append(self(input_ids.to(device), mask.to(device)).cpu())

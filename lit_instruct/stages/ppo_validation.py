@@ -81,7 +81,7 @@ def judge_scores(judge: RewardModel, rollout: Rollout, tokenizer) -> torch.Tenso
         return judge(rollout.input_ids, rollout.attention_mask)
     prompts = [tokenizer.decode(q[m.bool()], skip_special_tokens=True) for q, m in zip(rollout.query, rollout.query_mask)]
     responses = [tokenizer.decode(r[m.bool()], skip_special_tokens=True) for r, m in zip(rollout.response, rollout.response_mask)]
-    return judge.score(prompts, responses, prompts_are_formatted=True).to(rollout.response.device)
+    return judge.score(prompts, responses, prompts_are_formatted=True, ended=rollout.ended.tolist()).to(rollout.response.device)
 
 
 class HeldOutMeasures(nn.Module):

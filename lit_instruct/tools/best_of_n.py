@@ -17,7 +17,8 @@ prompt), scores every completion with the gold model and with each proxy, and fo
 
 K is the smallest number of completions of any row (a row with more uses its first K: the samples are independent, so
 the estimate stays unbiased); n runs over the powers of 2 up to K, and K (``--n`` chooses). Blank completions are
-kept: a response that ended at once is one of the policy's samples. Identical completions of a row are scored once.
+kept: a response that ended at once is one of the policy's samples. A completion the sampler records as not ended
+(``"ended"``) is scored without EOS, as PPO scores a cut response. Identical completions of a row are scored once.
 ``lit-instruct study`` draws the file beside the RL runs' curves when it lies in the study's folder.
 """
 
@@ -35,7 +36,7 @@ import torch
 from lit_instruct.data.prompt_format import check_prompt_field
 from lit_instruct.data.records import check_range, read_rows
 from lit_instruct.objectives import best_of_n_expected, fit_best_of_n, kl_best_of_n
-from lit_instruct.tools.label import check_judge, load_judge, score_rows
+from lit_instruct.tools.label import check_ended, check_judge, load_judge, score_rows
 from lit_instruct.tools.sample import meta_path
 
 TOOL = "lit-instruct best-of-n"
@@ -50,7 +51,7 @@ def check_samples_row(row: dict) -> Optional[str]:
     if not isinstance(completions, list) or not completions:
         return "missing field 'completions' (a non-empty list of strings: the policy's samples of this prompt)"
     bad = next((i for i, c in enumerate(completions) if not isinstance(c, str)), None)
-    return None if bad is None else f"completions[{bad}] must be a string, got {type(completions[bad]).__name__}"
+    return check_ended(row) if bad is None else f"completions[{bad}] must be a string, got {type(completions[bad]).__name__}"
 
 
 def default_ns(k: int) -> list[int]:
@@ -97,7 +98,7 @@ def best_of_n(samples: str, gold: str, proxies: list[str], out: str | Path, *, n
         raise ValueError(f"--n must lie in [1, K={k}] (K: the fewest completions of any row of {samples}), got {ns}")
     if any(len(row["completions"]) > k for row in rows):
         print(f"{samples}: rows have between {k} and {max(len(r['completions']) for r in rows)} completions; each uses its first {k}")
-    pairs = [(row["prompt"], row["completions"][:k]) for row in rows]
+    pairs = [(row["prompt"], row["completions"][:k], row["ended"][:k] if row.get("ended") else None) for row in rows]
     start = time.perf_counter()
     scores = {path: torch.tensor(score_rows(load_judge(path, device), pairs, batch_size, progress), dtype=torch.float64)
               for path in dict.fromkeys([gold, *proxies])}

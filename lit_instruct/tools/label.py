@@ -3,7 +3,8 @@ reward stage trains on: the second step of the paper's iterated loop, and Gao et
 
     lit-instruct label runs/loop/samples.jsonl --judge runs/pipeline/judge/export --out runs/loop/labels.jsonl
 
-Reads ``{"prompt", "completions": [...]}`` rows (what ``lit-instruct sample`` writes; any other field is ignored),
+Reads ``{"prompt", "completions": [...]}`` rows (what ``lit-instruct sample`` writes, with ``"ended"``: a completion
+that did not end with EOS is scored without it, as PPO scores a cut response; any other field is ignored),
 writes ``{"prompt", "completions", "ranking", "scores"}`` rows (``ranking[i]``: the rank of ``completions[i]``, 0 = best,
 equal ranks tie; ``scores[i]``: the judge's normalised score) and ``OUT.meta.json`` with the judge, the settings, the
 counts and the sampling metadata of the input (its ``.meta.json``, when there is one); the counts are printed too.
@@ -84,6 +85,16 @@ def check_sampled_row(row: dict) -> Optional[str]:
     for i, c in enumerate(completions):
         if not isinstance(c, str):
             return f"completions[{i}] must be a string, got {type(c).__name__}"
+    return check_ended(row)
+
+
+def check_ended(row: dict) -> Optional[str]:
+    """The problem with a row's optional ``ended`` (one bool per completion, as ``lit-instruct sample`` writes), or ``None``."""
+    ended = row.get("ended")
+    if ended is None:
+        return None
+    if not isinstance(ended, list) or len(ended) != len(row["completions"]) or not all(isinstance(e, bool) for e in ended):
+        return f"field 'ended' must be a list of {len(row['completions'])} booleans (one per completion), got {ended!r}"
     return None
 
 
@@ -104,25 +115,27 @@ def load_judge(judge: str, device: Optional[str] = None) -> RewardModel:
     return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
 
 
-def score_rows(judge: RewardModel, rows: list[tuple[object, list[str]]], batch_size: int = 16,
-               progress: bool = True) -> list[list[float]]:
-    """The judge's score of every completion of every ``(prompt, completions)`` row; identical completions of a row
-    are scored once (and so score the same)."""
+def score_rows(judge: RewardModel, rows: list[tuple], batch_size: int = 16, progress: bool = True) -> list[list[float]]:
+    """The judge's score of every completion of every ``(prompt, completions)`` or ``(prompt, completions, ended)``
+    row (``ended``: per completion, whether the sampled response ended with EOS; one that did not is scored without
+    EOS, as PPO scores it); identical completions of a row are scored once (and so score the same)."""
     from tqdm.auto import tqdm
 
-    pairs, index = [], []  # (prompt, text) to score; per row, per completion, its pair
-    for prompt, completions in rows:
-        seen: dict[str, int] = {}
-        for text in completions:
-            if text not in seen:
-                seen[text] = len(pairs)
-                pairs.append((prompt, text))
-        index.append([seen[text] for text in completions])
+    pairs, index = [], []  # (prompt, text, ended) to score; per row, per completion, its pair
+    for prompt, completions, *rest in rows:
+        ended = rest[0] if rest and rest[0] is not None else [True] * len(completions)
+        seen: dict[tuple, int] = {}
+        for key in zip(completions, ended):
+            if key not in seen:
+                seen[key] = len(pairs)
+                pairs.append((prompt, *key))
+        index.append([seen[key] for key in zip(completions, ended)])
     scores: list[float] = []
-    with tqdm(total=len(pairs), desc="label", unit="completion", disable=not progress) as bar:
+    with tqdm(total=len(pairs), desc="score", unit="completion", disable=not progress) as bar:
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start:start + batch_size]
-            scores += judge.score([p for p, _ in chunk], [c for _, c in chunk], batch_size=batch_size).tolist()
+            scores += judge.score([p for p, _, _ in chunk], [c for _, c, _ in chunk], batch_size=batch_size,
+                                  ended=[e for *_, e in chunk]).tolist()
             bar.update(len(chunk))
     return [[scores[i] for i in row] for row in index]
 
@@ -149,11 +162,14 @@ def label_file(file: str, judge: str, out: str | Path, *, tie_margin: float = 0.
     model = load_judge(judge, device)
 
     blank = sum(not c.strip() for _, row in rows for c in row["completions"])
-    kept = [(row["prompt"], [c for c in row["completions"] if c.strip()]) for _, row in rows]
-    too_few = sum(len(c) < 2 for _, c in kept)
-    kept = [(p, c) for p, c in kept if len(c) >= 2]
+    kept = []  # (prompt, completions, ended), blank completions left out
+    for _, row in rows:
+        pairs = [(c, e) for c, e in zip(row["completions"], row.get("ended") or [True] * len(row["completions"])) if c.strip()]
+        kept.append((row["prompt"], [c for c, _ in pairs], [e for _, e in pairs]))
+    too_few = sum(len(c) < 2 for _, c, _ in kept)
+    kept = [item for item in kept if len(item[1]) >= 2]
     scored = score_rows(model, kept, batch_size, progress) if kept else []
-    labelled = [(p, c, s, rank_scores(s, tie_margin)) for (p, c), s in zip(kept, scored)]
+    labelled = [(p, c, s, rank_scores(s, tie_margin)) for (p, c, _), s in zip(kept, scored)]
     all_tied = sum(len(set(r)) == 1 for *_, r in labelled)
     labelled = [item for item in labelled if len(set(item[3])) > 1]
     rankings, flipped = add_label_noise([r for *_, r in labelled], noise, random.Random(seed))

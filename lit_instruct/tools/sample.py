@@ -3,7 +3,7 @@ loop (sample -> ``lit-instruct label`` -> a new reward model -> PPO again) and t
 
     lit-instruct sample runs/pipeline/ppo_ptx/export --prompts bundled:prompts.jsonl --k 4 --out runs/loop/samples.jsonl
 
-Writes JSON Lines rows ``{"prompt", "completions": [...]}`` in the prompts file's order, and beside them
+Writes JSON Lines rows ``{"prompt", "completions": [...], "ended": [...]}`` in the prompts file's order, and beside them
 ``OUT.meta.json`` (``runs/loop/samples.meta.json``): the export, the prompts file, every sampling setting and what came
 out (rows, responses, the share that ended with EOS, seconds); the same is printed.
 
@@ -21,7 +21,9 @@ out (rows, responses, the share that ended with EOS, seconds); the same is print
 - **Generation** is PPO's (:func:`lit_instruct.rollout.generate`: KV cache, stop at EOS): ``--batch-size`` responses
   per call (several prompts times their K, left-padded), ``--temperature`` and ``--top-p`` as PPO samples.
 - **Completions** are the decoded response up to its EOS, stripped of surrounding whitespace (how every stage reads
-  a response). One that is empty (EOS at once) is kept: ``lit-instruct label`` drops it.
+  a response). One that is empty (EOS at once) is kept: ``lit-instruct label`` drops it. ``"ended"`` says, per
+  completion, whether it ended with EOS within ``--max-new-tokens``: ``label`` and ``best-of-n`` score one that did
+  not without EOS, as PPO's rollout scores a cut response (appending EOS would score it as a finished answer).
 - **Deterministic**: the same export, file, settings (batch size included) and seed give the same file on the same
   machine; sampling runs on its own seeded random stream.
 """
@@ -96,17 +98,18 @@ def check_settings(k: int, max_new_tokens: int, temperature: float, top_p: float
 @torch.no_grad()
 def sample_completions(model, tokenizer, prompt_ids: list[list[int]], ks: list[int], *, max_new_tokens: int,
                        temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 64,
-                       progress: bool = True) -> tuple[list[list[str]], dict]:
+                       progress: bool = True) -> tuple[list[list[str]], list[list[bool]], dict]:
     """``ks[i]`` sampled responses to each tokenized, formatted prompt ``prompt_ids[i]``, generated ``batch_size`` at a
     time (a prompt repeated K times sits in consecutive rows; a batch may hold several prompts, left-padded).
 
-    Seeded on its own random stream (the caller's is left as it was). Returns the completions per prompt and
-    ``{"responses", "eos_fraction", "mean_response_tokens"}``."""
+    Seeded on its own random stream (the caller's is left as it was). Returns the completions per prompt, whether
+    each ended with EOS (per prompt, per completion) and ``{"responses", "eos_fraction", "mean_response_tokens"}``."""
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
     flat = [(i, ids) for i, (ids, k) in enumerate(zip(prompt_ids, ks)) for _ in range(k)]
     out: list[list[str]] = [[] for _ in prompt_ids]
+    out_ended: list[list[bool]] = [[] for _ in prompt_ids]
     ended = tokens = 0
     bar = tqdm(total=len(flat), desc="sample", unit="response", disable=not progress)
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []):
@@ -116,14 +119,15 @@ def sample_completions(model, tokenizer, prompt_ids: list[list[int]], ks: list[i
             query, query_mask = collate_prompts([ids for _, ids in chunk], tokenizer.pad_token_id, device)
             rollout = generate(model, query, query_mask, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                                max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, keep_logits=False)
-            for (i, _), response, mask in zip(chunk, rollout.response, rollout.response_mask):
+            for (i, _), response, mask, end in zip(chunk, rollout.response, rollout.response_mask, rollout.ended.tolist()):
                 out[i].append(tokenizer.decode(response[mask.bool()], skip_special_tokens=True).strip())
+                out_ended[i].append(bool(end))
             ended += int(rollout.ended.sum())
             tokens += int(rollout.response_mask.sum())
             bar.update(len(chunk))
     bar.close()
     n = max(len(flat), 1)
-    return out, {"responses": len(flat), "eos_fraction": ended / n, "mean_response_tokens": tokens / n}
+    return out, out_ended, {"responses": len(flat), "eos_fraction": ended / n, "mean_response_tokens": tokens / n}
 
 
 def sample_export(export: str, prompts_file: str, out: str | Path, *, k: int = 4, max_new_tokens: int = 48,
@@ -170,10 +174,10 @@ def sample_export(export: str, prompts_file: str, out: str | Path, *, k: int = 4
               f"{prompts_file}:{', '.join(map(str, skipped[:5]))}{' ...' if len(skipped) > 5 else ''}", flush=True)
     if not kept:
         raise ValueError(f"{prompts_file}: every prompt is longer than {room} tokens; lower --max-new-tokens")
-    completions, stats = sample_completions(model, tokenizer, ids, [row.get("k", k) for row in kept], max_new_tokens=max_new_tokens,
+    completions, ended, stats = sample_completions(model, tokenizer, ids, [row.get("k", k) for row in kept], max_new_tokens=max_new_tokens,
                                             temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size, progress=progress)
     out = Path(out)
-    write_jsonl(out, [{"prompt": row["prompt"], "completions": c} for row, c in zip(kept, completions)])
+    write_jsonl(out, [{"prompt": row["prompt"], "completions": c, "ended": e} for row, c, e in zip(kept, completions, ended)])
     meta = {"tool": "lit-instruct sample", **settings, "export_resolved": str(Path(export).resolve()),
             "prompt_format": fmt.describe(), "device": str(next(model.parameters()).device), "rows": len(kept),
             "skipped_overlong": len(skipped), **stats, "seconds": round(time.perf_counter() - start, 2), "out": str(out)}

@@ -53,6 +53,28 @@ def test_best_of_n_picks_by_the_proxy_and_scores_the_pick_by_gold(tiny_exports, 
     assert set(by_proxy["fit"]) == {"gold", "proxy"} and set(by_proxy["fit"]["gold"]) == {"a", "b", "d_peak", "kl_peak"}
 
 
+def test_a_response_that_never_ended_is_scored_without_eos_as_ppo_scores_it(tiny_exports):
+    """``ended[i]`` False: no EOS appended, the reward read at the response's last token, as the rollout's scoring
+    reads a cut response; True (or no flags): EOS appended, as the reward stage trains."""
+    import torch
+
+    from lit_instruct.data.prompt_format import encode_pair
+
+    rm = RewardModel.from_pretrained(tiny_exports / "rm")
+    prompts, completions = ["Say hello.", "Say hello."], ["Hello there, my friend", "Hello there, my friend"]
+    scores = rm.score(prompts, completions, ended=[True, False])
+    assert torch.equal(scores[:1], rm.score(prompts[:1], completions[:1]))  # default: ended
+    fmt = rm.format()
+    ids, _ = encode_pair(rm.tokenizer, rm.tokenizer(fmt.prompt("Say hello."), add_special_tokens=False)["input_ids"],
+                         completions[0], 512, fmt, eos=False)
+    assert ids[-1] != rm.tokenizer.eos_token_id
+    direct = rm(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
+    torch.testing.assert_close(scores[1:], direct)
+    assert scores[0] != scores[1]
+    with pytest.raises(ValueError, match="ended flags"):
+        rm.score(prompts, completions, ended=[True])
+
+
 def test_best_of_n_refuses_bad_input_before_loading(tiny_exports, tmp_path, capsys, monkeypatch):
     import lit_instruct.tools.best_of_n as tool
 
@@ -60,6 +82,9 @@ def test_best_of_n_refuses_bad_input_before_loading(tiny_exports, tmp_path, caps
     rm = str(tiny_exports / "rm")
     bad = write_jsonl(tmp_path / "bad.jsonl", [SAMPLES[0], {"prompt": "no samples"}])
     with pytest.raises(DataError, match=r"bad.jsonl:2: .*completions"):
+        best_of_n(bad, rm, [rm], tmp_path / "o.json")
+    bad = write_jsonl(tmp_path / "bad_ended.jsonl", [{**SAMPLES[1], "ended": [True, False]}])
+    with pytest.raises(DataError, match=r"bad_ended.jsonl:1: .*'ended' must be a list of 4 booleans"):
         best_of_n(bad, rm, [rm], tmp_path / "o.json")
     good = write_jsonl(tmp_path / "good.jsonl", SAMPLES)
     for flags, expected in ((["--n", "8"], "--n must lie in [1, K=4]"),

@@ -45,7 +45,10 @@ def test_k_responses_per_prompt_in_file_order_with_the_settings_recorded(tiny_ex
     rows, meta = sample(tiny_exports, tmp_path, "--k", "3", "--seed", "5", "--temperature", "0.9", "--top-p", "0.95")
     assert [r["prompt"] for r in rows] == [p["prompt"] for p in PROMPTS[:3]]  # the over-long one skipped
     assert [len(r["completions"]) for r in rows] == [3, 2, 3]  # the row's "k" overrides --k
-    assert all(set(r) == {"prompt", "completions"} and all(isinstance(c, str) for c in r["completions"]) for r in rows)
+    assert all(set(r) == {"prompt", "completions", "ended"} and all(isinstance(c, str) for c in r["completions"]) for r in rows)
+    ended = [e for r in rows for e in r["ended"]]
+    assert [len(r["ended"]) for r in rows] == [3, 2, 3] and all(isinstance(e, bool) for e in ended)
+    assert sum(ended) / len(ended) == meta["eos_fraction"]
     assert meta["export"] == str(tiny_exports / "sft") and meta["export_stage"] == "sft"
     assert {k: meta[k] for k in ("k", "k_from_rows", "seed", "temperature", "top_p", "max_new_tokens", "batch_size")} == \
         {"k": 3, "k_from_rows": 1, "seed": 5, "temperature": 0.9, "top_p": 0.95, "max_new_tokens": 6, "batch_size": 64}
@@ -119,3 +122,20 @@ def test_the_command_samples_the_bundled_prompts(tiny_exports, tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 2 and all(len(r["completions"]) == 2 for r in rows)
     assert "prompts_file bundled:prompts.jsonl" in done.stdout and "wrote 2 rows, 4 responses" in done.stdout
+
+
+def test_split_samples_one_side_of_ppos_own_split(tiny_exports, tmp_path):
+    """``--split train|val``: the prompts PPODataModule trains on, or validates on, for the same file and settings."""
+    from lit_instruct.data.prompt_format import prompt_key
+    from lit_instruct.data.records import in_validation
+
+    prompts = [{"prompt": f"Question number {i}: what comes next?"} for i in range(12)]
+    sides = {}
+    for side in ("train", "val"):
+        rows, meta = sample(tiny_exports, tmp_path, "--k", "1", "--split", side, "--val-fraction", "0.5", "--split-seed", "3",
+                            prompts=prompts, name=f"{side}.jsonl")
+        sides[side] = [r["prompt"] for r in rows]
+        assert meta["split"] == side and meta["val_fraction"] == 0.5 and meta["split_seed"] == 3
+    assert sides["val"] == [p["prompt"] for p in prompts if in_validation(prompt_key(p["prompt"]), 0.5, 3)]
+    assert sides["train"] == [p["prompt"] for p in prompts if not in_validation(prompt_key(p["prompt"]), 0.5, 3)]
+    assert sides["train"] and sides["val"]
