@@ -3,8 +3,9 @@
 Under ZeRO-3 each process holds a shard of every parameter, and a forward pass gathers each layer's parameters from
 all processes just before the layer runs and frees them after. Generation runs one forward pass per new token, so a
 rollout gathers every layer once per token: ``max_new_tokens`` all-gathers of the whole policy. Gathering the policy
-once for the rollout's generation (DeepSpeed's ``GatheredParameters``) holds the full policy on each device for that
-while and needs no communication per token; the processes then no longer have to step together either.
+once for the rollout's generation (DeepSpeed's ``GatheredParameters``, held for the whole generation: see
+:func:`gathered_for_generation`) holds the full policy on each device for that while and needs no communication per
+token; the processes then no longer have to step together either.
 
 ``offload_frozen`` keeps the frozen models (reference, reward model, judge) on the CPU between rollouts: the PPO
 update, which holds the activations and the optimizer's work, then has the accelerator to the two trained models.
@@ -21,6 +22,29 @@ from lightning.pytorch.utilities import rank_zero_info
 from lit_instruct.rollout import Rollout, rollout_stats
 from lit_instruct.stages.ppo_settings import RolloutSettings
 from lit_instruct.strategies import is_zero3, synced_generation
+
+#: A submodule id no module has (DeepSpeed numbers modules from 0): marks parameters held for generation.
+HELD_FOR_GENERATION = -1
+
+
+@contextlib.contextmanager
+def gathered_for_generation(params: list[torch.nn.Parameter]) -> Iterator[None]:
+    """ZeRO-3-sharded ``params`` whole on every process for the while, and kept whole through every forward pass.
+
+    DeepSpeed's ``GatheredParameters`` alone is not enough for generation: ZeRO-3's hook after each layer's forward
+    pass frees the layer's parameters again (unless a submodule still uses them), so only the first token would run
+    on the gathered weights and every later token would gather layer by layer. Each parameter is marked as in use
+    by one more submodule (an id no module has) until generation ends, and unmarked before the context frees them."""
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        for param in params:
+            param.ds_active_sub_modules.add(HELD_FOR_GENERATION)
+        try:
+            yield
+        finally:
+            for param in params:
+                param.ds_active_sub_modules.discard(HELD_FOR_GENERATION)
 
 
 def full_parameter_gib(module: torch.nn.Module) -> float:
@@ -56,10 +80,8 @@ class RolloutPlacement:
             self._say(f"[ppo] rollout generation: the policy's {gib:.2f} GiB of parameters exceed rollout.gather_budget_gib="
                       f"{budget}; generating with ZeRO-3's per-layer gathering (slower: every layer is gathered per token)")
             return contextlib.nullcontext(), synced_generation(strategy)
-        import deepspeed
-
         self._say(f"[ppo] rollout generation: gathering the policy's {gib:.2f} GiB of parameters once per rollout (ZeRO-3)")
-        return deepspeed.zero.GatheredParameters(list(policy.parameters()), modifier_rank=None), False
+        return gathered_for_generation(list(policy.parameters())), False
 
     def _say(self, line: str) -> None:
         if line != self._said:  # once, and again only when the decision changes
