@@ -28,23 +28,55 @@ HELD_FOR_GENERATION = -1
 
 
 @contextlib.contextmanager
-def gathered_for_generation(params: list[torch.nn.Parameter]) -> Iterator[None]:
-    """ZeRO-3-sharded ``params`` whole on every process for the while, and kept whole through every forward pass.
+def gathered_for_generation(module: torch.nn.Module) -> Iterator[None]:
+    """ZeRO-3-sharded ``module`` whole on every process for the while, and kept whole through every forward pass.
 
     DeepSpeed's ``GatheredParameters`` alone is not enough for generation: ZeRO-3's hook after each layer's forward
     pass frees the layer's parameters again (unless a submodule still uses them), so only the first token would run
     on the gathered weights and every later token would gather layer by layer. Each parameter is marked as in use
-    by one more submodule (an id no module has) until generation ends, and unmarked before the context frees them."""
+    by one more submodule (an id no module has) until generation ends, and unmarked before the context frees them;
+    and ZeRO-3's per-module forward hooks, which would have nothing to fetch or free, are set aside meanwhile
+    (:func:`without_zero3_hooks`)."""
     import deepspeed
 
+    params = list(module.parameters())
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
         for param in params:
             param.ds_active_sub_modules.add(HELD_FOR_GENERATION)
         try:
-            yield
+            with without_zero3_hooks(module):
+                yield
         finally:
             for param in params:
                 param.ds_active_sub_modules.discard(HELD_FOR_GENERATION)
+
+
+def _is_zero3_hook(hook) -> bool:
+    """Whether a forward (pre-)hook is DeepSpeed's (ZeRO-3 registers four on every module: fetch and free the
+    parameters around the forward pass, and the same around the backward pass)."""
+    return getattr(hook, "__module__", "").startswith("deepspeed.")
+
+
+@contextlib.contextmanager
+def without_zero3_hooks(module: torch.nn.Module) -> Iterator[None]:
+    """ZeRO-3's forward hooks on ``module`` and its submodules set aside for the while, then put back in their order
+    (any other hook stays): with the parameters whole they only cost time, at every module of every token."""
+    saved = []
+    for sub in module.modules():
+        for hooks in (sub._forward_pre_hooks, sub._forward_hooks):
+            zero3 = [key for key, hook in hooks.items() if _is_zero3_hook(hook)]
+            if zero3:
+                saved.append((hooks, dict(hooks)))
+                for key in zero3:
+                    del hooks[key]
+    try:
+        yield
+    finally:
+        for hooks, original in saved:
+            added = {key: hook for key, hook in hooks.items() if key not in original}
+            hooks.clear()
+            hooks.update(original)
+            hooks.update(added)
 
 
 def full_parameter_gib(module: torch.nn.Module) -> float:
@@ -81,7 +113,7 @@ class RolloutPlacement:
                       f"{budget}; generating with ZeRO-3's per-layer gathering (slower: every layer is gathered per token)")
             return contextlib.nullcontext(), synced_generation(strategy)
         self._say(f"[ppo] rollout generation: gathering the policy's {gib:.2f} GiB of parameters once per rollout (ZeRO-3)")
-        return gathered_for_generation(list(policy.parameters())), False
+        return gathered_for_generation(policy), False
 
     def _say(self, line: str) -> None:
         if line != self._said:  # once, and again only when the decision changes
