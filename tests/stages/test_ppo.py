@@ -352,3 +352,23 @@ def test_offload_frozen_keeps_the_scoring_models_off_the_accelerator_between_rol
         RolloutPlacement.check(RolloutSettings(offload_frozen=True), SimpleNamespace(zero_stage_3=True), None)
     with pytest.raises(ValueError, match="frozen_quantization='8bit'"):
         RolloutPlacement.check(RolloutSettings(offload_frozen=True), None, "8bit")
+
+
+def test_zero3_generation_is_gathered_within_the_budget_only(caplog):
+    """``rollout.gather_for_generation`` under ZeRO-3: gathered (processes not stepping together) when the policy fits
+    ``rollout.gather_budget_gib``, else per-layer with a log line saying so; nothing changes without ZeRO-3."""
+    import contextlib
+    import logging
+    from types import SimpleNamespace
+
+    policy, zero3 = torch.nn.Linear(256, 256), SimpleNamespace(zero_stage_3=True, world_size=2)  # 0.25 MiB
+    context, synced = RolloutPlacement(RolloutSettings(gather_budget_gib=1.0), list).generation(policy, zero3)
+    assert not isinstance(context, contextlib.nullcontext) and synced is False
+    with caplog.at_level(logging.INFO):
+        context, synced = RolloutPlacement(RolloutSettings(gather_budget_gib=1e-4), list).generation(policy, zero3)
+    assert isinstance(context, contextlib.nullcontext) and synced is True
+    assert "exceed rollout.gather_budget_gib=0.0001; generating with ZeRO-3's per-layer gathering" in caplog.text
+    context, synced = RolloutPlacement(RolloutSettings(gather_for_generation=False), list).generation(policy, zero3)
+    assert isinstance(context, contextlib.nullcontext) and synced is True
+    context, synced = RolloutPlacement(RolloutSettings(), list).generation(policy, None)
+    assert isinstance(context, contextlib.nullcontext) and synced is False
