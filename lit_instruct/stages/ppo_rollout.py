@@ -28,7 +28,7 @@ HELD_FOR_GENERATION = -1
 
 
 @contextlib.contextmanager
-def gathered_for_generation(module: torch.nn.Module) -> Iterator[None]:
+def gathered_for_generation(module: torch.nn.Module, engine=None) -> Iterator[None]:
     """ZeRO-3-sharded ``module`` whole on every process for the while, and kept whole through every forward pass.
 
     DeepSpeed's ``GatheredParameters`` alone is not enough for generation: ZeRO-3's hook after each layer's forward
@@ -36,9 +36,12 @@ def gathered_for_generation(module: torch.nn.Module) -> Iterator[None]:
     on the gathered weights and every later token would gather layer by layer. Each parameter is marked as in use
     by one more submodule (an id no module has) until generation ends, and unmarked before the context frees them;
     and ZeRO-3's per-module forward hooks, which would have nothing to fetch or free, are set aside meanwhile
-    (:func:`without_zero3_hooks`)."""
+    (:func:`without_zero3_hooks`). ``engine``: the DeepSpeed engine, whose ``empty_partition_cache`` first waits for
+    and frees any parameters its prefetching left in flight (with the hooks aside nothing else would wait for them)."""
     import deepspeed
 
+    if engine is not None and hasattr(engine, "empty_partition_cache"):
+        engine.empty_partition_cache()
     params = list(module.parameters())
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
         for param in params:
@@ -113,7 +116,7 @@ class RolloutPlacement:
                       f"{budget}; generating with ZeRO-3's per-layer gathering (slower: every layer is gathered per token)")
             return contextlib.nullcontext(), synced_generation(strategy)
         self._say(f"[ppo] rollout generation: gathering the policy's {gib:.2f} GiB of parameters once per rollout (ZeRO-3)")
-        return gathered_for_generation(policy), False
+        return gathered_for_generation(policy, getattr(strategy, "model", None)), False
 
     def _say(self, line: str) -> None:
         if line != self._said:  # once, and again only when the decision changes
