@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import resource
+import sys
 import time
 
 import lightning as L
+import torch
 
 from lit_instruct.models.reward_model import RewardModel
 from lit_instruct.strategies import is_zero3
@@ -46,6 +49,36 @@ class TokenThroughput(L.Callback):
     @property
     def comparisons_per_s(self) -> float:
         return self.total_comparisons / self.total_seconds if self.total_seconds else 0.0
+
+
+def peak_memory_gib(device: torch.device | None = None) -> float:
+    """Peak memory of this process in GiB: the most CUDA memory its tensors held on ``device`` (since the last
+    reset of the peak) when it is a CUDA device, else the process's peak resident set size (RSS, since it started)."""
+    if device is not None and device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / (2**30 if sys.platform == "darwin" else 2**20)
+
+
+class PeakMemory(L.Callback):
+    """Logs ``memory/peak_gib`` after every training batch: the peak memory of the stage so far on this process
+    (:func:`peak_memory_gib`: CUDA memory allocated when the stage runs on a CUDA device, counted from the start of
+    fit, else the process's peak RSS). Every stage adds it; the stage's export records the largest over processes.
+    """
+
+    def __init__(self) -> None:
+        self.peak_gib = 0.0
+
+    def measure(self, pl_module) -> float:
+        self.peak_gib = max(self.peak_gib, peak_memory_gib(pl_module.device))
+        return self.peak_gib
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        pl_module.log("memory/peak_gib", self.measure(pl_module), on_step=True, on_epoch=False)
 
 
 class RewardModelSelection(L.Callback):

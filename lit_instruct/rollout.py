@@ -12,6 +12,7 @@ Shapes: ``b`` rollouts, ``q`` query (prompt) tokens, left-padded; ``r`` response
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, fields
 
@@ -131,6 +132,34 @@ def generate(
     return Rollout(query=query, query_mask=query_mask, response=response, response_mask=mask, ended=ended, generation_logits=logits)
 
 
+def _pad_columns(tensor: torch.Tensor, width: int, value) -> torch.Tensor:
+    """``tensor`` (b, r, ...) right-padded with ``value`` to ``width`` columns."""
+    extra = width - tensor.shape[1]
+    if extra <= 0:
+        return tensor
+    return torch.cat([tensor, tensor.new_full((tensor.shape[0], extra, *tensor.shape[2:]), value)], dim=1)
+
+
+def generate_in_batches(policy, query: torch.Tensor, query_mask: torch.Tensor, *, batch_size: int | None, pad_token_id: int,
+                        **kwargs) -> Rollout:
+    """:func:`generate` for ``batch_size`` prompts at a time (``None``: all at once), the parts joined into one
+    rollout whose responses (and kept logits) are right-padded to the longest. Under ZeRO-3 with synced generation
+    every process must run the same number of batches: it has as many prompts as the others."""
+    if batch_size is None or batch_size >= query.shape[0]:
+        return generate(policy, query, query_mask, pad_token_id=pad_token_id, **kwargs)
+    if batch_size < 1:
+        raise ValueError(f"rollout.generation_batch_size must be >= 1, got {batch_size}")
+    parts = [generate(policy, query[i : i + batch_size], query_mask[i : i + batch_size], pad_token_id=pad_token_id, **kwargs)
+             for i in range(0, query.shape[0], batch_size)]
+    r = max(part.response.shape[1] for part in parts)
+    logits = None
+    if parts[0].generation_logits is not None:
+        logits = torch.cat([_pad_columns(part.generation_logits, r, 0.0) for part in parts])
+    return Rollout(query=query, query_mask=query_mask, response=torch.cat([_pad_columns(p.response, r, pad_token_id) for p in parts]),
+                   response_mask=torch.cat([_pad_columns(p.response_mask, r, 0) for p in parts]),
+                   ended=torch.cat([p.ended for p in parts]), generation_logits=logits)
+
+
 def response_logits(model, rollout: Rollout) -> torch.Tensor:
     """Logits that predict each response token: (b, r, v). Only the last r + 1 positions go through the LM head
     (``logits_to_keep``): the unembedding of the query positions is never needed, and at small model sizes it is
@@ -220,19 +249,23 @@ def collate_prompts(prompts: list[list[int]], pad_token_id: int, device: torch.d
 def make_rollout(prompts: list[list[int]], *, policy, reference, reward_model, critic, tokenizer, max_new_tokens: int,
                  temperature: float, top_k: int, top_p: float, missing_eos_penalty: float | None, do_sample: bool = True,
                  recompute_logprobs: bool = False, synced_gpus: bool = False, chunks: list[torch.Tensor] | None = None,
-                 device: torch.device | str | None = None) -> tuple[Rollout, dict[str, float]]:
-    """Sample responses to ``prompts`` with ``policy`` (:func:`generate`) and score them (:func:`score_rollout`),
-    with no gradients and the policy and critic in eval mode for the while (their modes are put back after).
-    ``critic``: ``None`` computes no values. ``recompute_logprobs``: the policy's log-probs from a forward pass
-    rather than the sampling logits. Returns the rollout and the seconds spent generating and scoring."""
+                 device: torch.device | str | None = None, generation_batch_size: int | None = None,
+                 generation_context: contextlib.AbstractContextManager | None = None) -> tuple[Rollout, dict[str, float]]:
+    """Sample responses to ``prompts`` with ``policy`` (:func:`generate`, ``generation_batch_size`` prompts at a time)
+    and score them (:func:`score_rollout`), with no gradients and the policy and critic in eval mode for the while
+    (their modes are put back after). ``critic``: ``None`` computes no values. ``recompute_logprobs``: the policy's
+    log-probs from a forward pass rather than the sampling logits. ``generation_context``: entered around generation
+    only (ZeRO-3's gathering of the policy). Returns the rollout and the seconds spent generating and scoring."""
     query, query_mask = collate_prompts(prompts, tokenizer.pad_token_id, device)
     modes = [(m, m.training) for m in (policy, critic) if m is not None]
     for module, _ in modes:
         module.eval()
     start = time.perf_counter()
-    rollout = generate(policy, query, query_mask, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                       max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                       do_sample=do_sample, synced_gpus=synced_gpus)
+    with generation_context or contextlib.nullcontext():
+        rollout = generate_in_batches(policy, query, query_mask, batch_size=generation_batch_size,
+                                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                      max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                      do_sample=do_sample, synced_gpus=synced_gpus)
     generated = time.perf_counter()
     rollout = score_rollout(rollout, reference=reference, critic=critic, reward_model=reward_model, temperature=temperature,
                             missing_eos_penalty=missing_eos_penalty, policy=policy if recompute_logprobs else None,

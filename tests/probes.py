@@ -97,3 +97,38 @@ class KillAt(L.Callback):
             import signal
 
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class GatheredGeneration(L.Callback):
+    """PPO under ZeRO-3: before the first iteration, samples the same prompts from the same seed with the policy
+    gathered once for generation (``rollout.gather_for_generation``) and with per-layer gathering, and writes to
+    ``out`` (rank 0) whether both gave the same tokens on every process and whether the policy's parameters were
+    whole (gathered) when its forward pass started, each way."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        import json
+
+        rank = trainer.global_rank
+        prompts = [[10 + rank, 20, 30, 40][: 2 + i % 3] for i in range(4)]
+        whole: list[bool] = []
+        hook = pl_module.policy.register_forward_pre_hook(lambda m, a: whole.append(all(p.numel() > 0 for p in m.parameters())))
+        responses, record = {}, {}
+        gather = pl_module.rollout_settings.gather_for_generation
+        for mode in (True, False):
+            pl_module.rollout_settings.gather_for_generation = mode
+            whole.clear()
+            torch.manual_seed(1234 + rank)
+            responses[mode] = pl_module.rollout(prompts, 8, values=False).response
+            record["whole_when_gathered" if mode else "whole_per_layer"] = bool(whole) and all(whole)
+        hook.remove()
+        pl_module.rollout_settings.gather_for_generation = gather
+        a, b = responses[True], responses[False]
+        same = torch.tensor(float(a.shape == b.shape and torch.equal(a, b)))
+        record["same_tokens"] = bool(pl_module.all_gather(same).min() == 1)
+        record["response_tokens"] = int(a.numel())
+        if rank == 0:
+            with open(self.out, "w") as f:
+                json.dump(record, f)

@@ -92,7 +92,9 @@ def test_reward_model_trains_under_zero_and_its_checkpoint_converts(zero_reward_
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_ppo_ptx_trains_and_resumes_under_zero(zero_runs, zero_reward_runs, tmp_path, stage):
-    """PPO-ptx with its four models under ZeRO-2/3 (generation synced under ZeRO-3), stopped and resumed."""
+    """PPO-ptx with its four models under ZeRO-2/3, stopped and resumed. Under ZeRO-3 the policy is gathered once per
+    rollout for generation (``rollout.gather_for_generation``, the default), and a probe in the first run checks that this
+    samples the same tokens from the same seed as per-layer gathering (the processes stepping together)."""
     import json
 
     args = [
@@ -107,8 +109,15 @@ def test_ppo_ptx_trains_and_resumes_under_zero(zero_runs, zero_reward_runs, tmp_
         "--trainer.callbacks.save_last", "true", "--model.export_dir", str(tmp_path / "export"),
         "--trainer.default_root_dir", str(tmp_path),
     ]
-    done = run_cli(*args, "--model.total_episodes", "16", timeout=900)
+    probe = ["--trainer.callbacks+=probes.GatheredGeneration", "--trainer.callbacks.out", str(tmp_path / "probe.json")]
+    done = run_cli(*args, "--model.total_episodes", "16", *(probe if stage == 3 else []), timeout=900,
+                   env={"PYTHONPATH": str(CONFIGS.parent / "tests")})
     assert done.returncode == 0, done.stderr[-4000:]
+    if stage == 3:
+        gathered = json.loads((tmp_path / "probe.json").read_text())
+        assert gathered.pop("response_tokens") > 0
+        assert gathered == {"whole_when_gathered": True, "whole_per_layer": False, "same_tokens": True}
+        assert "gathering the policy's" in done.stdout + done.stderr  # the log line saying what generation does
     first = json.loads((tmp_path / "export" / "lit_instruct.json").read_text())
     assert first["episodes"] == 16  # 2 iterations x 4 prompts x 2 processes
     resumed = run_cli(*args, "--model.total_episodes", "24", "--ckpt_path", str(tmp_path / "ck" / "last.ckpt"), timeout=900)

@@ -8,7 +8,12 @@ from transformers import GPT2LMHeadModel
 from lit_instruct.data.batching import position_ids
 from lit_instruct.models.causal_lm import embedded_config
 from lit_instruct.objectives import masked_mean
-from lit_instruct.rollout import generate, logprobs_from_logits, response_logits
+from lit_instruct.rollout import (
+    generate,
+    generate_in_batches,
+    logprobs_from_logits,
+    response_logits,
+)
 
 
 def tiny_policy(tokenizer):
@@ -63,3 +68,22 @@ def test_trimming_a_minibatch_changes_no_per_token_quantity(tokenizer):
     torch.testing.assert_close(after, before[:, :r], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(masked_mean(after, trimmed.response_mask.float()),
                                masked_mean(before, minibatch.response_mask.float()), rtol=1e-5, atol=1e-5)
+
+
+def test_generation_in_batches_gives_what_one_batch_gives(tokenizer):
+    """``rollout.generation_batch_size``: greedy responses, masks and kept logits of 3 + 2 prompts are those of the 5
+    at once, right-padded to the longest response of all."""
+    policy = tiny_policy(tokenizer)
+    policy.generation_config.eos_token_id = None
+    query, mask = left_padded(tokenizer, [5, 9, 3, 7, 4])
+    eos = int(generate(policy, query[:1], mask[:1], eos_token_id=-1, pad_token_id=tokenizer.pad_token_id, max_new_tokens=3,
+                       do_sample=False).response[0, 1])  # row 0 then ends early, the others later or never
+    kwargs = dict(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id, max_new_tokens=6, do_sample=False)
+    whole = generate_in_batches(policy, query, mask, batch_size=None, **kwargs)
+    parts = generate_in_batches(policy, query, mask, batch_size=3, **kwargs)
+    assert bool(whole.ended[0]) and len(set(whole.response_mask.sum(1).tolist())) > 1, whole.response_mask
+    assert torch.equal(parts.response, whole.response) and torch.equal(parts.response_mask, whole.response_mask)
+    assert torch.equal(parts.ended, whole.ended)
+    m = whole.response_mask.bool()
+    assert parts.generation_logits.shape == whole.generation_logits.shape
+    torch.testing.assert_close(parts.generation_logits[m], whole.generation_logits[m], rtol=1e-4, atol=1e-4)

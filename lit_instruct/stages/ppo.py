@@ -37,7 +37,6 @@ from lit_instruct.rollout import (
     make_rollout,
     needs_logprob_pass,
     response_logits,
-    rollout_stats,
 )
 from lit_instruct.stages.ppo_models import (
     load_ppo_models,
@@ -45,10 +44,12 @@ from lit_instruct.stages.ppo_models import (
     policy_ema,
     ppo_optimizer,
 )
+from lit_instruct.stages.ppo_rollout import RolloutPlacement, log_iteration
 from lit_instruct.stages.ppo_settings import (
     KLPenalty,
     PPOUpdate,
     PtxMix,
+    RolloutSettings,
     Sampling,
     as_group,
     group_flat_hparams,
@@ -61,7 +62,7 @@ from lit_instruct.stages.ppo_validation import (
     validation_stream,
 )
 from lit_instruct.stages.stage import Stage
-from lit_instruct.strategies import is_zero3, synced_generation
+from lit_instruct.strategies import is_zero3
 
 
 class PPOModule(Stage):
@@ -81,6 +82,7 @@ class PPOModule(Stage):
         ppo: The PPO update (:class:`PPOUpdate`).
         kl: The KL penalty to the SFT model (:class:`KLPenalty`).
         ptx: The pretraining mix (:class:`PtxMix`); ``ptx_coef`` 0 is plain PPO.
+        rollout: Generation batch size, ZeRO-3 gathering for generation, frozen models off the accelerator (:class:`RolloutSettings`).
         missing_eos_penalty: Score given to responses that never emit EOS (``None``: keep the reward model's). It is on
             the reward model's scale: a reward export normalised with a gain (``gain.policy`` in the reward stage)
             has unit standard deviation on the starting policy's samples, so -1 is one standard deviation below the
@@ -124,6 +126,7 @@ class PPOModule(Stage):
         ppo: PPOUpdate = PPOUpdate(),
         kl: KLPenalty = KLPenalty(),
         ptx: PtxMix = PtxMix(),
+        rollout: RolloutSettings = RolloutSettings(),
         missing_eos_penalty: Optional[float] = -1.0,
         judge_path: Optional[str] = None,
         gold_path: Optional[str] = None,
@@ -145,9 +148,10 @@ class PPOModule(Stage):
         lora: Optional[LoraSettings] = None,
     ) -> None:
         super().__init__()
-        groups = as_group(sampling, Sampling), as_group(ppo, PPOUpdate), as_group(kl, KLPenalty), as_group(ptx, PtxMix)
-        self.sampling, self.ppo, self.kl, self.ptx = groups
-        sampling, ppo, kl, ptx = (dict(vars(g)) for g in groups)  # saved as plain dicts, as a config gives them
+        groups = (as_group(sampling, Sampling), as_group(ppo, PPOUpdate), as_group(kl, KLPenalty), as_group(ptx, PtxMix),
+                  as_group(rollout, RolloutSettings))
+        self.sampling, self.ppo, self.kl, self.ptx, self.rollout_settings = groups
+        sampling, ppo, kl, ptx, rollout = (dict(vars(g)) for g in groups)  # saved as plain dicts, as a config gives them
         lora = settings_dict(as_lora(lora))
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -165,6 +169,8 @@ class PPOModule(Stage):
         self.kl_controller = AdaptiveKLController(kl.kl_coef, kl.target, kl.horizon) if kl.adaptive else FixedKLController(kl.kl_coef)
         self.episodes = 0
         self.held_out = HeldOutMeasures()
+        scoring = lambda: [m for m in (self.reference, self.reward_model, self.judge, self.gold) if isinstance(m, torch.nn.Module)]  # noqa: E731
+        self.placement = RolloutPlacement(self.rollout_settings, scoring)  # ZeRO-3 gathering, rollout.offload_frozen
         self._val_samples: list[list] = []
 
     @property
@@ -198,9 +204,10 @@ class PPOModule(Stage):
         super().on_fit_start()
         # The frozen reference and reward model are in eval mode on purpose; Lightning warns about any such module.
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+        self.placement.offload()  # with rollout.offload_frozen: on the CPU until a rollout
 
     def configure_callbacks(self) -> list:
-        return []  # batches are prompts, not token tensors: throughput is logged per iteration (episodes/s)
+        return [self.peak_memory]  # batches are prompts, not token tensors: throughput is logged per iteration (episodes/s)
 
     # ------------------------------------------------------------------ optimisation set-up
     @property
@@ -216,6 +223,7 @@ class PPOModule(Stage):
                 strategy.config.setdefault("gradient_clipping", self.ppo.max_grad_norm)
             # The prompt stream has no batch sampler to read a micro-batch size from: one update is one minibatch.
             strategy.config.setdefault("train_micro_batch_size_per_gpu", self.ppo.minibatch_size)
+        RolloutPlacement.check(self.rollout_settings, strategy, self.hparams.frozen_quantization)
         if self.ema is not None and is_zero3(strategy):
             raise ValueError("ema_decay is not supported under ZeRO-3 (the policy's weights are sharded)")
 
@@ -229,16 +237,16 @@ class PPOModule(Stage):
                 policy: Optional[torch.nn.Module] = None, chunks: Optional[list[torch.Tensor]] = None) -> Rollout:
         """Generate responses to ``prompts`` with ``policy`` (default: the trained one) and score them (no gradients);
         ``values``: the critic's too. ``chunks``: the first PPO epoch's minibatches (see :func:`score_rollout`)."""
-        s, trainer = self.sampling, self._trainer
-        rollout, self.rollout_timing = make_rollout(
-            prompts, policy=policy if policy is not None else self.policy, reference=self.reference,
-            reward_model=self.reward_model, critic=self.critic if values else None, tokenizer=self.tokenizer,
-            max_new_tokens=max_new_tokens, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-            missing_eos_penalty=self.hparams.missing_eos_penalty, do_sample=do_sample,
-            recompute_logprobs=needs_logprob_pass(self.ppo.rollout_logprobs, str(trainer.precision) if trainer else "32-true"),
-            synced_gpus=synced_generation(trainer.strategy if trainer is not None else None),
-            chunks=chunks, device=self.device,
-        )
+        s, trainer, policy = self.sampling, self._trainer, policy if policy is not None else self.policy
+        gathered, synced = self.placement.generation(policy, trainer.strategy if trainer is not None else None)  # ZeRO-3
+        with self.placement.frozen_on_device(self.device):  # rollout.offload_frozen: on the accelerator for the while
+            rollout, self.rollout_timing = make_rollout(
+                prompts, policy=policy, reference=self.reference, reward_model=self.reward_model,
+                critic=self.critic if values else None, tokenizer=self.tokenizer, max_new_tokens=max_new_tokens,
+                temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, missing_eos_penalty=self.hparams.missing_eos_penalty,
+                do_sample=do_sample, synced_gpus=synced, generation_context=gathered, chunks=chunks, device=self.device,
+                recompute_logprobs=needs_logprob_pass(self.ppo.rollout_logprobs, str(trainer.precision) if trainer else "32-true"),
+                generation_batch_size=self.rollout_settings.generation_batch_size)
         return rollout
 
     def _done(self) -> bool:
@@ -278,22 +286,10 @@ class PPOModule(Stage):
         self.episodes += episodes
         if self.trainer.datamodule is not None:
             self.trainer.datamodule.consumed_rollouts += 1
-        self.log_iteration(rollout, rewards, returns, kl_per_response, stats, episodes, rollout_seconds, update_seconds)
+        log_iteration(self, rollout, rewards, returns, kl_per_response, stats, episodes, rollout_seconds, update_seconds)
         self.lr_schedulers().step()
         if self._done():
             self.trainer.should_stop = True
-
-    def log_iteration(self, rollout: Rollout, rewards: torch.Tensor, returns: torch.Tensor, kl_per_response: torch.Tensor,
-                      stats: dict, episodes: int, rollout_seconds: float, update_seconds: float) -> None:
-        self.log_dict({
-            **rollout_stats(rollout, rewards, returns), "objective/kl": kl_per_response,
-            "objective/kl_coef": self.kl_controller.value, "timing/rollout": rollout_seconds, "timing/update": update_seconds,
-            **{f"timing/{name}": seconds for name, seconds in self.rollout_timing.items()},  # generation, scoring
-            "throughput/episodes_per_s": episodes / (rollout_seconds + update_seconds), "episodes": float(self.episodes),
-            **stats,
-        }, prog_bar=False)
-        self.log("score", rollout.scores.mean(), prog_bar=True, logger=False)
-        self.log("kl", kl_per_response, prog_bar=True, logger=False)
 
     def ppo_update(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor,
                    first_epoch: Optional[tuple[torch.Tensor, ...]] = None) -> dict[str, torch.Tensor]:
@@ -356,10 +352,10 @@ class PPOModule(Stage):
         Held-out pretraining blocks (loader 1): its LM loss (the alignment tax)."""
         policy = self.evaluated_policy()
         if dataloader_idx == 0:
-            with validation_stream(self.hparams.val_seed + batch_idx, self.device):  # the same at every validation
+            with validation_stream(self.hparams.val_seed + batch_idx, self.device), self.placement.frozen_on_device(self.device):
                 rollout = self.rollout(batch, self.sampling.val_max_new_tokens or self.sampling.max_new_tokens, values=False,
                                        policy=policy)
-            self.held_out.update_rollout(rollout, held_apart_scores({"judge": self.judge, "gold": self.gold}, rollout, self.tokenizer))
+                self.held_out.update_rollout(rollout, held_apart_scores({"judge": self.judge, "gold": self.gold}, rollout, self.tokenizer))
             if batch_idx == 0 and self.hparams.num_sample_prompts > 0:
                 self._val_samples = sample_rows(rollout, self.tokenizer, self.hparams.num_sample_prompts, self.global_step)
         else:

@@ -1,4 +1,4 @@
-"""The PPO stage's settings in four groups: ``model.sampling``, ``model.ppo``, ``model.kl`` and ``model.ptx``.
+"""The PPO stage's settings in groups: ``model.sampling``, ``model.ppo``, ``model.kl``, ``model.ptx`` and ``model.rollout``.
 
 Each group is a dataclass whose fields carry their documentation (shown by ``lit-instruct fit --help``) and the
 defaults of InstructGPT's PPO-ptx where the paper gives one. The paper's two coefficients keep unambiguous names:
@@ -84,8 +84,29 @@ class PtxMix:
     """Pretraining sequences per RL episode in each minibatch (paper: 8)."""
 
 
+@dataclass
+class RolloutSettings:
+    """How rollouts use memory and time: the generation batch size, gathering a ZeRO-3-sharded policy for generation,
+    and keeping the frozen models off the accelerator between rollouts."""
+
+    generation_batch_size: Optional[int] = None
+    """Generate for this many prompts at a time (independent of ``ppo.minibatch_size`` and the rollout batch size);
+    ``None``: the whole rollout batch at once."""
+    gather_for_generation: bool = True
+    """Under ZeRO-3: gather the policy's sharded parameters once per rollout for generation (DeepSpeed's
+    ``GatheredParameters``) instead of per layer per generated token. No effect without ZeRO-3."""
+    gather_budget_gib: Optional[float] = None
+    """Gather only when the policy's full parameters take at most this many GiB on each device; above it generation
+    keeps the per-layer path (and says so once in the log). ``None``: no limit."""
+    offload_frozen: bool = False
+    """Keep the reference, the reward model and the judge on the CPU outside rollouts (and validation's scoring) and
+    move them to the accelerator for those only: less accelerator memory during the PPO update, two copies per
+    rollout. Not with ZeRO-3 (use DeepSpeed's ``offload_param``) or ``frozen_quantization``."""
+
+
 #: The groups, by the name of the ``PPOModule`` argument that holds each.
-GROUPS: dict[str, type] = {"sampling": Sampling, "ppo": PPOUpdate, "kl": KLPenalty, "ptx": PtxMix}
+GROUPS: dict[str, type] = {"sampling": Sampling, "ppo": PPOUpdate, "kl": KLPenalty, "ptx": PtxMix,
+                         "rollout": RolloutSettings}
 
 #: Flat hyper-parameter names of checkpoints and exports from before the grouping -> (group, field).
 FLAT_NAMES: dict[str, tuple[str, str]] = {

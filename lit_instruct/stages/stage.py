@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_instruct.callbacks import TokenThroughput
+from lit_instruct.callbacks import PeakMemory, TokenThroughput
 from lit_instruct.models import export as export_lib
 from lit_instruct.models.lora import export_lora, has_adapters
 from lit_instruct.objectives import warmup_cosine_factor
@@ -81,6 +81,7 @@ class Stage(L.LightningModule):
     def __init__(self) -> None:
         super().__init__()
         self.throughput = TokenThroughput()
+        self.peak_memory = PeakMemory()
 
     def trained_module(self) -> torch.nn.Module:
         """The module whose parameters the optimizer updates."""
@@ -114,7 +115,7 @@ class Stage(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
 
     def configure_callbacks(self) -> list[L.Callback]:
-        return [self.throughput]
+        return [self.throughput, self.peak_memory]
 
     def export_target(self) -> tuple[torch.nn.Module, Any]:
         """The module to export (it must have ``save_pretrained(dir, state_dict=...)``) and its tokenizer."""
@@ -184,7 +185,9 @@ class Stage(L.LightningModule):
         if self.throughput.total_comparisons:
             metrics["throughput/comparisons_per_s"] = self.throughput.comparisons_per_s
             summary += f", {self.throughput.comparisons_per_s:.0f} comparisons/s"
-        rank_zero_info(summary)
+        peak = self.all_gather(torch.tensor(self.peak_memory.measure(self), device=self.device)).max()  # every process's
+        metrics["memory/peak_gib"] = float(peak)
+        rank_zero_info(summary + f"; peak memory {metrics['memory/peak_gib']:.2f} GiB")
         return metrics
 
     def on_fit_end(self) -> None:

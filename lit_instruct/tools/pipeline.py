@@ -214,6 +214,14 @@ class Pipeline:
         write_results(result, default_out(self.export(name)))
         return harness.flat_metrics(result["results"])
 
+    def peak_memory(self) -> dict[str, float | None]:
+        """Each stage's ``memory/peak_gib`` from its export's metrics (``None`` for an export from before it was logged)."""
+        memory = {}
+        for stage in self.timings:
+            meta = self.export(stage) / "lit_instruct.json"
+            memory[stage] = json.loads(meta.read_text()).get("metrics", {}).get("memory/peak_gib") if meta.is_file() else None
+        return memory
+
     def run(self) -> dict:
         start = time.perf_counter()
         if self.config.tax_tasks:  # the harness, its data and the task names, before any stage trains
@@ -225,7 +233,7 @@ class Pipeline:
             self.run_stage(stage)
         print("[pipeline] evaluating SFT, PPO and PPO-ptx on held-out prompts and pretraining text", flush=True)
         results = self.evaluate()
-        pipeline_report(self.out, results, self.timings, time.perf_counter() - start)
+        pipeline_report(self.out, results, self.timings, time.perf_counter() - start, self.peak_memory())
         print(f"[pipeline] wrote {self.out / 'report.json'} and {self.out / 'report.md'}", flush=True)
         return results
 

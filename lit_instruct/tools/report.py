@@ -86,9 +86,24 @@ def _reward_model_line(name: str, info: dict | None) -> str:
     return text + "."
 
 
-def pipeline_report(out: Path, results: dict, timings: dict[str, float], total_seconds: float) -> None:
+def stages_section(timings: dict[str, float], memory: dict[str, float | None] | None) -> list[str]:
+    """Each stage's wall time and peak memory (``memory/peak_gib`` of its export: CUDA memory allocated on a GPU, the
+    process's peak RSS on CPU, the largest over its processes) as a markdown table, or nothing without memory figures."""
+    if not memory or not any(v is not None for v in memory.values()):
+        return []
+    lines = ["## Stage time and peak memory", "", "Peak memory per process: CUDA memory allocated when the stage ran on a "
+             "GPU, the process's peak resident set size (RSS) on CPU.", "", "| stage | wall time (s) | peak memory (GiB) |",
+             "|---|---|---|"]
+    for stage in dict.fromkeys([*timings, *memory]):
+        seconds, gib = timings.get(stage), memory.get(stage)
+        lines.append(f"| {stage} | {'' if seconds is None else f'{seconds:.0f}'} | {'' if gib is None else f'{gib:.2f}'} |")
+    return lines + [""]
+
+
+def pipeline_report(out: Path, results: dict, timings: dict[str, float], total_seconds: float,
+                    memory: dict[str, float | None] | None = None) -> None:
     """``report.json`` (per policy its held-out metrics, the reward model's and the judge's accuracy, the measured
-    directions, the stages' wall times) and ``report.md`` (the table with length-limited policies flagged, the
+    directions, the stages' wall times and peak memory) and ``report.md`` (the table with length-limited policies flagged, the
     directions, the plots, SFT and PPO-ptx responses side by side) in the pipeline folder ``out``."""
     keys = [key for key, _, _ in COLUMNS]
     summary = {name: {k: v for k, v in results[name].items() if k in keys or k.startswith("tax/")} for name in POLICIES}
@@ -100,6 +115,8 @@ def pipeline_report(out: Path, results: dict, timings: dict[str, float], total_s
     checks = directions(results)
     summary["directions"] = {claim: holds for claim, holds in checks}
     summary["timing"] = {"stages_seconds": timings, "total_seconds": total_seconds}
+    if memory:
+        summary["memory"] = {"stages_peak_gib": memory}
     _write_json(out / "report.json", summary)
     images = plots.pipeline_plots(out, results["sft"])
     columns = [c for c in COLUMNS if all(c[0] in results[name] for name in POLICIES)]
@@ -118,7 +135,7 @@ def pipeline_report(out: Path, results: dict, timings: dict[str, float], total_s
         r = results[name]
         flag = " (length-limited: most responses hit the limit)" if length_limited(r) else ""
         lines.append(f"| {label}{flag} | " + " | ".join(fmt.format(r[key] + 0.0) for key, _, fmt in columns) + " |")
-    lines += ["", "## The paper's directions, measured", ""]
+    lines += [""] + stages_section(timings, memory) + ["## The paper's directions, measured", ""]
     lines += [f"- {'holds' if holds else 'does NOT hold' if holds is not None else 'not measured'}: {claim}" for claim, holds in checks]
     lines += [""] + tax_section({label: results[name] for name, label in POLICIES.items()})
     lines += ["## Reward models", "", _reward_model_line("Optimised reward model", results.get("reward")),

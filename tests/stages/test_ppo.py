@@ -12,7 +12,14 @@ from lit_instruct import PPODataModule, PPOModule, RewardModel
 from lit_instruct.data.records import DataError
 from lit_instruct.models.export import read_metadata, save_export
 from lit_instruct.rollout import collate_prompts
-from lit_instruct.stages.ppo_settings import KLPenalty, PPOUpdate, PtxMix, Sampling
+from lit_instruct.stages.ppo_rollout import RolloutPlacement
+from lit_instruct.stages.ppo_settings import (
+    KLPenalty,
+    PPOUpdate,
+    PtxMix,
+    RolloutSettings,
+    Sampling,
+)
 
 
 def make(exports, **kwargs):
@@ -53,9 +60,10 @@ def test_trainable_weights_change_and_frozen_ones_do_not(tiny_exports, tmp_path)
     for name in ("objective/score", "objective/kl", "objective/kl_coef", "objective/entropy", "objective/non_score_reward",
                  "policy/loss", "policy/approxkl", "policy/clipfrac", "value/loss", "value/clipfrac",
                  "value/explained_variance", "ptx/loss", "rollout/response_length", "rollout/eos_fraction",
-                 "timing/rollout", "timing/update", "throughput/episodes_per_s", "val/score", "val/kl", "val/pretrain_loss"):
+                 "timing/rollout", "timing/update", "throughput/episodes_per_s", "val/score", "val/kl", "val/pretrain_loss",
+                 "memory/peak_gib"):
         assert name in metrics, name
-    assert float(metrics["ptx/loss"]) > 0
+    assert float(metrics["ptx/loss"]) > 0 and float(metrics["memory/peak_gib"]) > 0
 
 
 def test_plain_ppo_has_no_ptx_term(tiny_exports, tmp_path):
@@ -303,3 +311,69 @@ def test_validation_scores_with_a_held_apart_judge(tiny_exports, tmp_path):
     assert metrics["val/sqrt_kl"] == pytest.approx(max(metrics["val/kl"], 0.0) ** 0.5, rel=1e-5)
     plain = trainer(tmp_path, 1).validate(make(tiny_exports), data(), verbose=False)[0]
     assert "val/judge_score" not in plain and "val/gold_score" not in plain
+
+
+def test_offload_frozen_keeps_the_scoring_models_off_the_accelerator_between_rollouts(tiny_exports, tmp_path):
+    """``rollout.offload_frozen``: the reference and the reward model run only while moved to the module's device
+    (rollouts, validation), and sit on the CPU between (the PPO update); the moves themselves, on modules that record
+    them; nothing moves without the setting; ZeRO-3 and quantized frozen models are refused."""
+    module = make(tiny_exports, rollout={"offload_frozen": True})
+    during, between = [], []
+    for frozen in (module.reference, module.reward_model):
+        frozen.register_forward_pre_hook(lambda m, args: during.append(module.placement.frozen_on_accelerator))
+
+    class Between(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            between.append(module.placement.frozen_on_accelerator)
+
+    trainer(tmp_path, 1, enable_checkpointing=False, callbacks=[Between()]).fit(module, data())  # a rollout, then validation
+    assert len(during) >= 4 and all(during) and between == [False] and not module.placement.frozen_on_accelerator
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.moves = []
+
+        def to(self, device):
+            self.moves.append(str(device))
+            return self
+
+    a, b = Recorder(), Recorder()
+    placement = RolloutPlacement(RolloutSettings(offload_frozen=True), lambda: [a, b])
+    placement.offload()
+    with placement.frozen_on_device(torch.device("cuda", 1)):
+        with placement.frozen_on_device(torch.device("cuda", 1)):  # nested (validation's judge around its rollout)
+            assert a.moves == b.moves == ["cpu", "cuda:1"] and placement.frozen_on_accelerator
+    assert a.moves == b.moves == ["cpu", "cuda:1", "cpu"] and not placement.frozen_on_accelerator
+    c = Recorder()
+    off = RolloutPlacement(RolloutSettings(), lambda: [c])
+    off.offload()
+    with off.frozen_on_device(torch.device("cuda", 0)):
+        pass
+    assert c.moves == []
+    from types import SimpleNamespace
+
+    with pytest.raises(ValueError, match="offload_frozen is not supported under ZeRO-3"):
+        RolloutPlacement.check(RolloutSettings(offload_frozen=True), SimpleNamespace(zero_stage_3=True), None)
+    with pytest.raises(ValueError, match="frozen_quantization='8bit'"):
+        RolloutPlacement.check(RolloutSettings(offload_frozen=True), None, "8bit")
+
+
+def test_zero3_generation_is_gathered_within_the_budget_only(caplog):
+    """``rollout.gather_for_generation`` under ZeRO-3: gathered (processes not stepping together) when the policy fits
+    ``rollout.gather_budget_gib``, else per-layer with a log line saying so; nothing changes without ZeRO-3."""
+    import contextlib
+    import logging
+    from types import SimpleNamespace
+
+    policy, zero3 = torch.nn.Linear(256, 256), SimpleNamespace(zero_stage_3=True, world_size=2)  # 0.25 MiB
+    context, synced = RolloutPlacement(RolloutSettings(gather_budget_gib=1.0), list).generation(policy, zero3)
+    assert not isinstance(context, contextlib.nullcontext) and synced is False
+    with caplog.at_level(logging.INFO):
+        context, synced = RolloutPlacement(RolloutSettings(gather_budget_gib=1e-4), list).generation(policy, zero3)
+    assert isinstance(context, contextlib.nullcontext) and synced is True
+    assert "exceed rollout.gather_budget_gib=0.0001; generating with ZeRO-3's per-layer gathering" in caplog.text
+    context, synced = RolloutPlacement(RolloutSettings(gather_for_generation=False), list).generation(policy, zero3)
+    assert isinstance(context, contextlib.nullcontext) and synced is True
+    context, synced = RolloutPlacement(RolloutSettings(), list).generation(policy, None)
+    assert isinstance(context, contextlib.nullcontext) and synced is False

@@ -74,7 +74,7 @@ def test_export_reloads_with_identical_logits(trained):
     assert torch.allclose(expected, got, atol=1e-5)
     assert tokenizer("Hello world")["input_ids"] == module.tokenizer("Hello world")["input_ids"]
     meta = read_metadata(export)
-    assert meta["stage"] == "sft" and meta["metrics"]["throughput/tokens_per_s"] > 0
+    assert meta["stage"] == "sft" and meta["metrics"]["throughput/tokens_per_s"] > 0 and meta["metrics"]["memory/peak_gib"] > 0
     assert "val/loss" in meta["metrics"]
 
 

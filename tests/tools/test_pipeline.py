@@ -38,6 +38,9 @@ def test_pipeline_smoke_end_to_end_then_reuse(smoke_run, monkeypatch, capsys):
         assert {"judge_score", "reward_model_score", "eos_fraction", "length_limited"} <= set(report[name])
     assert report["reward"]["normalization"]["gain"] > 0 and report["judge"]["normalization"]["gain"] > 0
     assert len(report["directions"]) == 5
+    # every stage's peak memory (process RSS on CPU), from its export's metrics, in report.json and report.md
+    assert set(report["memory"]["stages_peak_gib"]) == set(STAGES) and min(report["memory"]["stages_peak_gib"].values()) > 0
+    assert "## Stage time and peak memory" in markdown
     # the alignment tax on the bundled NLP benchmarks, per policy, in the report and beside each export
     for name in ("sft", "ppo", "ppo_ptx"):
         assert {"tax/instructgpt_squadv2/f1", "tax/instructgpt_drop/f1", "tax/instructgpt_fr_to_en/bleu",

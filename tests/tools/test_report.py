@@ -38,3 +38,13 @@ def test_the_report_flags_length_limited_policies(tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["ppo"]["length_limited"] and not report["ppo_ptx"]["length_limited"] and not report["sft"]["length_limited"]
     assert report["directions"]["PPO-ptx's EOS fraction is at least half of SFT's (responses still end)"] is True
+
+
+def test_the_report_shows_each_stages_peak_memory(tmp_path):
+    results = {"sft": policy(0.0, 0.0, 6.5, 0.6), "ppo": policy(0.5, 2.0, 6.9, 0.6), "ppo_ptx": policy(0.2, 1.0, 6.4, 0.7)}
+    pipeline_report(tmp_path, results, {"sft": 12.0, "ppo": 30.0}, 50.0, {"sft": 0.25, "ppo": 1.5})
+    assert json.loads((tmp_path / "report.json").read_text())["memory"] == {"stages_peak_gib": {"sft": 0.25, "ppo": 1.5}}
+    lines = (tmp_path / "report.md").read_text().splitlines()
+    assert "## Stage time and peak memory" in lines and "| sft | 12 | 0.25 |" in lines and "| ppo | 30 | 1.50 |" in lines
+    pipeline_report(tmp_path, results, {"sft": 12.0}, 50.0)  # exports from before memory was logged: no table
+    assert "peak memory" not in (tmp_path / "report.md").read_text()
