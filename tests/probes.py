@@ -101,12 +101,14 @@ class KillAt(L.Callback):
 
 class StreamRecorder(L.Callback):
     """Writes ``<out>/rank<global rank>.json``: the prompts (token ids) of each PPO iteration and the ptx blocks of each
-    minibatch this process took, as ``{"prompts": [[prompt, ...], ...], "ptx": [[block, ...], ...]}``."""
+    minibatch this process took, and PPO's state when training started (after any resume), as
+    ``{"prompts": [[prompt, ...], ...], "ptx": [[block, ...], ...], "start": {"episodes": ..., "kl_coef": ...}}``."""
 
     def __init__(self, out: str) -> None:
         self.out, self.record = out, {"prompts": [], "ptx": []}
 
     def on_train_start(self, trainer, pl_module) -> None:
+        self.record["start"] = {"episodes": pl_module.episodes, "kl_coef": pl_module.kl_controller.value}
         datamodule, ptx_batch = trainer.datamodule, trainer.datamodule.ptx_batch
 
         def recorded(n):

@@ -53,6 +53,7 @@ def parsed(args, capsys):
 
 def test_the_slurm_recipe_launches_one_task_per_gpu_and_keeps_the_global_rollout(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_SILENT", "true")  # the CLI sets both when unset
     argv = launched(SCRIPTS / "slurm/ppo_pythia-1.4b.sbatch", tmp_path, "srun",
                     {"SLURM_NNODES": "4", "SLURM_NTASKS_PER_NODE": "8", "ROOT_DIR": str(tmp_path / "run")})
     assert argv[:2] == ["lit-instruct", "fit"] and "--ckpt_path" not in argv
@@ -72,6 +73,7 @@ def test_the_slurm_recipe_launches_one_task_per_gpu_and_keeps_the_global_rollout
 
 def test_the_torchrun_recipe_runs_the_module_on_every_node(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_SILENT", "true")  # the CLI sets both when unset
     argv = launched(SCRIPTS / "torchrun/ppo_pythia-1.4b.sh", tmp_path, "torchrun",
                     {"NNODES": "2", "NPROC": "4", "HEAD": "node0:29500"})
     module = argv.index("-m")
@@ -141,15 +143,17 @@ def test_ppo_resumed_on_two_processes_continues_the_global_streams(tiny_exports,
     """One process: 6 iterations of 4 prompts (24 episodes), a checkpoint after iteration 2 kept. Resumed from it under
     torchrun on 2 processes (DDP, gloo): 2 iterations of 2 x 4 prompts. The prompts and ptx blocks the two ranks took,
     in the streams' global order, are exactly those the single process took after the checkpoint."""
-    one = run_cli("fit", *ppo_flags(tiny_exports, tmp_path / "one", "--model.total_episodes", "24",
+    kl = ("--model.kl.adaptive", "true", "--model.kl.target", "0.01", "--model.kl.horizon", "100")  # a moving kl_coef
+    one = run_cli("fit", *ppo_flags(tiny_exports, tmp_path / "one", *kl, "--model.total_episodes", "24",
                                     "--trainer.callbacks.save_top_k", "-1",
                                     "--trainer.callbacks+=probes.StreamRecorder", "--trainer.callbacks.out", str(tmp_path / "rec1")),
                   env={"PYTHONPATH": str(ROOT / "tests")})
     assert one.returncode == 0, one.stderr[-3000:]
     checkpoint = tmp_path / "one" / "checkpoints" / "epoch=0-step=4.ckpt"  # after iteration 2: 8 prompts, 8 ptx blocks
-    assert torch.load(checkpoint, weights_only=False)["PPODataModule"]["consumed_prompts"] == 8
+    saved = torch.load(checkpoint, weights_only=False)
+    assert saved["PPODataModule"]["consumed_prompts"] == 8
 
-    two = torchrun("fit", *ppo_flags(tiny_exports, tmp_path / "two", "--config", str(CONFIGS / "trainer/cpu_ddp.yaml"),
+    two = torchrun("fit", *ppo_flags(tiny_exports, tmp_path / "two", *kl, "--config", str(CONFIGS / "trainer/cpu_ddp.yaml"),
                                      "--model.total_episodes", "24", "--ckpt_path", str(checkpoint),
                                      "--trainer.callbacks+=probes.StreamRecorder", "--trainer.callbacks.out", str(tmp_path / "rec2")))
     assert two.returncode == 0, two.stderr[-3000:]
@@ -159,6 +163,8 @@ def test_ppo_resumed_on_two_processes_continues_the_global_streams(tiny_exports,
     assert len(after["prompts"]) == 16 and len(after["ptx"]) == 16
     assert global_order(pair, "prompts") == after["prompts"]  # no prompt repeated or skipped, in the same order
     assert global_order(pair, "ptx") == after["ptx"]
+    kl_coef = saved["ppo_state"]["kl_controller"]["value"]
+    assert kl_coef != 0.02 and [r["start"] for r in pair] == [{"episodes": 8, "kl_coef": kl_coef}] * 2  # PPO's state
     export = json.loads((tmp_path / "two" / "export" / "lit_instruct.json").read_text())
     assert export["episodes"] == 24  # 8 before the checkpoint, then 2 iterations x 4 prompts x 2 processes
     state = torch.load(tmp_path / "two" / "checkpoints" / "last.ckpt", weights_only=False)
