@@ -7,7 +7,7 @@ Shapes are in the comments: ``b`` batch, ``t`` sequence length, ``v`` vocabulary
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +80,19 @@ def ranking_loss(
         "pair_margin": margin[pairs],
         "pair_k": k[:, None, None].expand_as(pairs)[pairs],
     }
+
+
+# ---------------------------------------------------------------------------------------------- learning rate
+def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0) -> float:
+    """The learning-rate multiplier at ``step`` of the SFT and reward stages' schedule: linear warm-up from 0 over
+    ``warmup_steps``, then half a cosine from 1 down to ``min_lr_ratio`` at ``total_steps`` (the same numbers as
+    transformers' ``get_cosine_with_min_lr_schedule_with_warmup``, without importing its trainer, which imports peft
+    and bitsandbytes when they are installed)."""
+    if step < warmup_steps:
+        return float(step) / float(max(1, warmup_steps))
+    progress = float(step - warmup_steps) / float(max(1, total_steps - warmup_steps))
+    factor = 0.5 * (1.0 + math.cos(math.pi * 0.5 * 2.0 * progress))
+    return max(0.0, factor * (1 - min_lr_ratio) + min_lr_ratio)
 
 
 # ---------------------------------------------------------------------------------------------- PPO
@@ -235,13 +248,18 @@ class AdaptiveKLController(FixedKLController):
 # proxy reward model, as a function of d = sqrt(KL(policy || initial policy)), for best-of-n sampling and for RL.
 
 
-def best_of_n_expected(scores: torch.Tensor, n: int) -> torch.Tensor:
+def best_of_n_expected(scores: torch.Tensor, n: int, key: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Unbiased estimate of ``E[max of n draws]`` from ``k >= n`` samples of each prompt (Nakano et al. 2021,
     Gao et al. 2022): the mean of the max over all ``C(k, n)`` n-subsets of the k samples, in closed form.
 
     Sorted ascending, ``s_(1) <= ... <= s_(k)``, the i-th smallest is the max of ``C(i-1, n-1)`` of the subsets, so
     the estimate is ``sum_i C(i-1, n-1) / C(k, n) * s_(i)``. n = 1 gives the mean, n = k the max.
     scores: (..., k) float, one row of k scores per prompt (numpy arrays and lists are accepted). Returns (...).
+
+    ``key`` (same shape): the score that picks the best of each subset, when it is not ``scores`` itself. Best-of-n
+    against a proxy reward model scored by the gold one is ``best_of_n_expected(gold, n, key=proxy)``: the mean
+    gold score of the proxy's pick over all n-subsets (samples are sorted by ``key``; ties in ``key`` are broken by
+    sample order, as a sampler picking the first of equals would).
     """
     scores = torch.as_tensor(scores)
     scores = scores if scores.is_floating_point() else scores.double()
@@ -250,7 +268,15 @@ def best_of_n_expected(scores: torch.Tensor, n: int) -> torch.Tensor:
         raise ValueError(f"best_of_n_expected: n must be an integer in [1, k={k}], got {n!r}")
     total = math.comb(k, n)  # exact integers: the ratio is rounded once, whatever the size of C(k, n)
     weights = torch.tensor([math.comb(i, n - 1) / total for i in range(k)], dtype=torch.float64)  # (k,), i = rank - 1
-    return (scores.double().sort(dim=-1).values * weights).sum(-1).to(scores.dtype)
+    if key is None:
+        return (scores.double().sort(dim=-1).values * weights).sum(-1).to(scores.dtype)
+    key = torch.as_tensor(key)
+    if key.shape != scores.shape:
+        raise ValueError(f"best_of_n_expected: key has shape {tuple(key.shape)}, scores {tuple(scores.shape)}")
+    # a stable descending sort, reversed: ascending, and of equal keys the first sample last (it wins the subsets)
+    order = key.double().flip(-1).argsort(dim=-1, stable=True)
+    picked = scores.double().flip(-1).gather(-1, order)
+    return (picked * weights).sum(-1).to(scores.dtype)
 
 
 def kl_best_of_n(n: int | torch.Tensor) -> float | torch.Tensor:

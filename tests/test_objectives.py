@@ -369,6 +369,25 @@ def test_best_of_n_estimator_equals_the_mean_max_over_all_n_subsets(k):
         torch.testing.assert_close(best_of_n_expected(scores, n), expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_best_of_n_by_a_proxy_scored_by_gold_equals_brute_force(k):
+    """Gao et al.'s best-of-n: the proxy picks, the gold model scores the pick; mean over every n-subset."""
+    torch.manual_seed(10 + k)
+    proxy, gold = torch.randn(5, k, dtype=torch.float64), torch.randn(5, k, dtype=torch.float64)
+    proxy[0, : (k + 1) // 2] = 0.5  # proxy ties: the first sample of equals is picked
+    for n in range(1, k + 1):
+        expected = []
+        for p_row, g_row in zip(proxy.tolist(), gold.tolist()):
+            subsets = list(itertools.combinations(range(k), n))
+            expected.append(sum(g_row[max(s, key=lambda i: p_row[i])] for s in subsets) / len(subsets))
+        torch.testing.assert_close(best_of_n_expected(gold, n, key=proxy), torch.tensor(expected, dtype=torch.float64),
+                                   rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(best_of_n_expected(gold, k, key=gold), best_of_n_expected(gold, k))  # its own key
+    torch.testing.assert_close(best_of_n_expected(gold, 1, key=proxy), gold.mean(-1))  # n = 1: no selection
+    with pytest.raises(ValueError, match="key has shape"):
+        best_of_n_expected(gold, 1, key=proxy[:2])
+
+
 def test_best_of_n_estimator_invariances_and_its_ends():
     torch.manual_seed(0)
     scores = torch.randn(2, 3, 7, dtype=torch.float64)  # any leading shape: (prompts..., k)
@@ -434,3 +453,19 @@ def test_fits_with_mild_noise_and_their_refusals():
         fit_rl([0.0, 1.0, 2.0], [0.0, 1.0, 1.5])
     with pytest.raises(ValueError, match="at least 2"):
         fit_best_of_n([1.0], [0.5])
+
+
+def test_the_warmup_cosine_schedule_is_transformers_own():
+    """The SFT / reward schedule gives transformers' ``get_cosine_with_min_lr_schedule_with_warmup`` numbers at every
+    step (it is ours only so that importing lit_instruct does not import transformers' trainer, peft and bitsandbytes)."""
+    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
+
+    from lit_instruct.objectives import warmup_cosine_factor
+
+    for warmup, total, ratio in ((0, 10, 0.0), (3, 20, 0.1), (5, 5, 0.5), (10, 7, 0.1)):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        theirs = get_cosine_with_min_lr_schedule_with_warmup(optimizer, warmup, total, min_lr_rate=ratio)
+        for step in range(total + 3):
+            assert warmup_cosine_factor(step, warmup, total, ratio) == pytest.approx(theirs.lr_lambdas[0](step), abs=1e-15)
+    assert warmup_cosine_factor(0, 4, 10) == 0.0 and warmup_cosine_factor(4, 4, 10) == 1.0
+    assert warmup_cosine_factor(10, 4, 10, 0.1) == pytest.approx(0.1)  # the floor at the end

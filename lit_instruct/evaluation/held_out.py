@@ -14,7 +14,7 @@ HELD_OUT_METRICS = {"score": "val/score", "kl": "val/kl", "pretrain_loss": "val/
                     "response_length": "val/response_length"}
 #: Measurements that runs from before they existed lack, and the judge's score only a run with a judge has.
 OPTIONAL_METRICS = {"reward_model_score": "val/reward_model_score", "eos_fraction": "val/eos_fraction",
-                    "judge_score": "val/judge_score"}
+                    "judge_score": "val/judge_score", "gold_score": "val/gold_score", "sqrt_kl": "val/sqrt_kl"}
 
 
 def measure_policy(model_args: dict, data_args: dict, *, policy: str, reference: str, reward_model: Optional[str] = None,

@@ -52,7 +52,13 @@ from lit_instruct.stages.ppo_settings import (
     as_group,
     group_flat_hparams,
 )
-from lit_instruct.stages.ppo_validation import HeldOutMeasures, judge_scores, load_judge
+from lit_instruct.stages.ppo_validation import (
+    HeldOutMeasures,
+    held_apart_scores,
+    load_judge,
+    sample_rows,
+    validation_stream,
+)
 from lit_instruct.stages.stage import Stage
 from lit_instruct.strategies import is_zero3, synced_generation
 
@@ -80,6 +86,7 @@ class PPOModule(Stage):
             SFT demonstrations' mean.
         judge_path: A held-apart reward model that PPO never optimises; validation also logs its score of the same
             responses (``val/judge_score``). ``None``: none.
+        gold_path: Gao et al.'s gold reward model (whose labels trained the optimised proxy): ``val/gold_score``.
         optimizer: Optimizer factory for the two parameter groups (policy at its ``lr``, critic at ``critic_lr``).
         critic_lr: Critic learning rate; ``None``: the optimizer's.
         warmup_steps: Iterations of linear warm-up from ``warmup_start_ratio`` of the peak learning rate.
@@ -116,6 +123,7 @@ class PPOModule(Stage):
         ptx: PtxMix = PtxMix(),
         missing_eos_penalty: Optional[float] = -1.0,
         judge_path: Optional[str] = None,
+        gold_path: Optional[str] = None,
         optimizer: OptimizerCallable = ppo_optimizer,
         critic_lr: Optional[float] = None,
         warmup_steps: int = 10,
@@ -143,7 +151,7 @@ class PPOModule(Stage):
             policy_name_or_path, reward_model_path, reference_name_or_path, critic_name_or_path, load_dtype=load_dtype,
             frozen_dtype=frozen_dtype, frozen_quantization=frozen_quantization, disable_dropout=disable_dropout,
             require_reward_normalization=require_reward_normalization, gradient_checkpointing=gradient_checkpointing)
-        self.judge = load_judge(judge_path, reward_model_path, frozen_dtype or load_dtype)
+        self.judge, self.gold = (load_judge(p, reward_model_path, frozen_dtype or load_dtype, r) for p, r in ((judge_path, "judge"), (gold_path, "gold")))
         if missing_eos_penalty is not None and "gain" not in (self.reward_model.normalization or {}):
             rank_zero_warn(f"missing_eos_penalty={missing_eos_penalty} on a reward model normalised without a gain "
                            f"({reward_model_path}): its scale is arbitrary, so the penalty may be negligible or dominant")
@@ -180,7 +188,7 @@ class PPOModule(Stage):
         return [self.policy, self.critic]
 
     def frozen_modules(self) -> list[torch.nn.Module]:
-        return [m for m in (self.reference, self.reward_model, self.judge, self.ema) if m is not None]
+        return [m for m in (self.reference, self.reward_model, self.judge, self.gold, self.ema) if m is not None]
 
     def evaluated_policy(self) -> torch.nn.Module:
         """The policy that validation measures and the export writes: the EMA of the weights when ``ema_decay`` is set."""
@@ -348,27 +356,19 @@ class PPOModule(Stage):
         Held-out pretraining blocks (loader 1): its LM loss (the alignment tax)."""
         policy = self.evaluated_policy()
         if dataloader_idx == 0:
-            # Validation samples from its own random stream, the same at every validation (seeded by the batch):
-            # two validations of one policy give the same responses, and training's stream is left as it was, so a
-            # resumed run trains exactly as an uninterrupted one whatever validations ran in between.
-            devices = [torch.cuda.current_device()] if self.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(self.hparams.val_seed + batch_idx)
+            with validation_stream(self.hparams.val_seed + batch_idx, self.device):  # the same at every validation
                 rollout = self.rollout(batch, self.sampling.val_max_new_tokens or self.sampling.max_new_tokens, values=False,
                                        policy=policy)
-            self.held_out.update_rollout(rollout, judge_scores(self.judge, rollout, self.tokenizer) if self.judge else None)
-            k = self.hparams.num_sample_prompts
-            if batch_idx == 0 and k > 0:
-                texts = self.tokenizer.batch_decode(rollout.query[:k], skip_special_tokens=True)
-                responses = self.tokenizer.batch_decode(rollout.response[:k], skip_special_tokens=True)
-                self._val_samples = [[self.global_step, p, r, float(s)] for p, r, s in zip(texts, responses, rollout.scores[:k])]
+            self.held_out.update_rollout(rollout, held_apart_scores({"judge": self.judge, "gold": self.gold}, rollout, self.tokenizer))
+            if batch_idx == 0 and self.hparams.num_sample_prompts > 0:
+                self._val_samples = sample_rows(rollout, self.tokenizer, self.hparams.num_sample_prompts, self.global_step)
         else:
             logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
             self.held_out.update_pretrain(lm_loss(logits, batch["labels"]), batch["input_ids"].numel())
 
     def on_validation_epoch_end(self) -> None:
         for name, value in self.held_out.compute_and_reset().items():  # synced by torchmetrics
-            self.log(name, value, prog_bar=name in ("val/score", "val/judge_score", "val/pretrain_loss"), sync_dist=True)
+            self.log(name, value, prog_bar=name in ("val/score", "val/judge_score", "val/gold_score", "val/pretrain_loss"), sync_dist=True)
         if self._val_samples and not self.trainer.sanity_checking:
             log_table(self.trainer, "val/samples", ["step", "prompt", "response", "score"], self._val_samples)
 
@@ -397,4 +397,4 @@ class PPOModule(Stage):
     def export_metadata(self) -> dict:
         h = self.hparams
         return {**super().export_metadata(), "kl_coef_final": self.kl_controller.value, "episodes": self.episodes, "ema": h.ema_decay is not None,
-                "reward_model": h.reward_model_path, "judge": h.judge_path, "reference": h.reference_name_or_path or h.policy_name_or_path}
+                "reward_model": h.reward_model_path, "judge": h.judge_path, "gold": h.gold_path, "reference": h.reference_name_or_path or h.policy_name_or_path}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -9,10 +10,10 @@ from typing import Any, Optional
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from lit_instruct.callbacks import TokenThroughput
 from lit_instruct.models import export as export_lib
+from lit_instruct.objectives import warmup_cosine_factor
 from lit_instruct.utils import class_path
 
 #: State-dict prefixes of checkpoints written before the redesign, and what they are called now.
@@ -126,12 +127,9 @@ class Stage(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         """The optimizer over :meth:`trained_module`, with linear warm-up then cosine decay to ``min_lr_ratio``."""
         optimizer = self.optimizer_factory(parameter_groups(self.trained_module()))
-        scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-            optimizer,
-            num_warmup_steps=self.hparams.warmup_steps,
-            num_training_steps=max(int(self.trainer.estimated_stepping_batches), 1),
-            min_lr_rate=self.hparams.min_lr_ratio,
-        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
+            warmup_cosine_factor, warmup_steps=self.hparams.warmup_steps,
+            total_steps=max(int(self.trainer.estimated_stepping_batches), 1), min_lr_ratio=self.hparams.min_lr_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
 
     def configure_callbacks(self) -> list[L.Callback]:

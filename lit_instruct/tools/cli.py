@@ -3,13 +3,14 @@
 ``lit-instruct fit|validate --config FILE [--config FILE ...]`` is LightningCLI: the stage's LightningModule and
 LightningDataModule are chosen by ``class_path`` in the YAML, and every constructor argument is a config key and a
 command-line flag (``--model.kl.kl_coef 0.05``). A config may compose shared fragments (``compose:``, read by
-:mod:`lit_instruct.tools.configs`). ``export``, ``pipeline``, ``sweep``, ``study``, ``eval``, ``interpolate``, ``sample`` and ``label`` are the tools
+:mod:`lit_instruct.tools.configs`). ``export``, ``pipeline``, ``sweep``, ``study``, ``eval``, ``interpolate``, ``sample``, ``label`` and ``best-of-n`` are the tools
 around the stages.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import shutil
 import sys
@@ -27,12 +28,17 @@ TOOLS = {
     "export": "convert a checkpoint (file or DeepSpeed ZeRO folder) into a Hugging Face export",
     "pipeline": "pretrain -> SFT -> reward model -> PPO-ptx and a plain-PPO control, with a report",
     "sweep": "run a W&B sweep file offline with W&B's own sweep engine",
-    "study": "the alignment-tax plots and table from a sweep's runs",
+    "study": "the alignment-tax plots and table from a sweep's runs; gold vs proxy over-optimisation curves and fits",
     "eval": "the alignment tax on public NLP benchmarks (lm-evaluation-harness): SQuADv2, DROP, FR->EN, any harness task",
     "interpolate": "the weight-interpolation baseline: SFT and PPO weights mixed at several ratios, reward and tax each",
     "sample": "K sampled responses per prompt from a policy export (the iterated loop's first step; best-of-n)",
     "label": "rank sampled responses with a judge reward model into the reward stage's ranking format",
+    "best-of-n": "best-of-n against proxy reward models, scored by a gold one (over-optimisation, Gao et al.)",
 }
+
+#: The tools that read finished runs or exports (no W&B run of their own): their modules, each with a ``main(argv)``.
+OFFLINE_TOOLS = {"study": "study", "eval": "tax", "interpolate": "interpolate", "sample": "sample", "label": "label",
+                 "best-of-n": "best_of_n"}
 
 
 #: The Trainer entry points the stages implement (none has a test or predict step).
@@ -268,10 +274,10 @@ def print_help() -> None:
     print("usage: lit-instruct SUBCOMMAND [options]   (lit-instruct SUBCOMMAND --help for its options)\n")
     print("Stages (LightningCLI):")
     for name, text in LIGHTNING_SUBCOMMANDS.items():
-        print(f"  {name:<10} {text}")
+        print(f"  {name:<12} {text}")
     print("\nTools:")
     for name, text in TOOLS.items():
-        print(f"  {name:<10} {text}")
+        print(f"  {name:<12} {text}")
     print("\nErrors in data, configs and checkpoints print as one message; LIT_INSTRUCT_DEBUG=1 shows the traceback.")
 
 
@@ -295,26 +301,8 @@ def _main(args: list[str]) -> None:
     command, rest = args[0], args[1:]
     if command == "export":
         return export_main(rest)
-    if command == "study":  # reads finished runs: no W&B
-        from lit_instruct.tools.study import main as study_main
-
-        return study_main(rest)
-    if command == "eval":
-        from lit_instruct.tools.tax import main as eval_main
-
-        return eval_main(rest)
-    if command == "interpolate":
-        from lit_instruct.tools.interpolate import main as interpolate_main
-
-        return interpolate_main(rest)
-    if command == "sample":
-        from lit_instruct.tools.sample import main as sample_main
-
-        return sample_main(rest)
-    if command == "label":
-        from lit_instruct.tools.label import main as label_main
-
-        return label_main(rest)
+    if command in OFFLINE_TOOLS:
+        return importlib.import_module(f"lit_instruct.tools.{OFFLINE_TOOLS[command]}").main(rest)
     configure_wandb_env()
     if command == "pipeline":
         from lit_instruct.tools.pipeline import main as pipeline_main

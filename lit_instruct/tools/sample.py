@@ -10,6 +10,10 @@ out (rows, responses, the share that ended with EOS, seconds); the same is print
 - **Prompts** are ``{"prompt"}`` rows in any format the stages read (``bundled:prompts.jsonl``, JSONL, Parquet, ...; a
   prompt is a string or a message list). A row's integer ``"k"`` overrides ``--k`` for that row. Every row is checked
   before the model loads; bad ones stop the run with ``FILE:LINE: problem``.
+- **Split** (``--split train|val``): one side of the deterministic by-prompt split PPO makes of the same file (its
+  ``data.val_fraction`` and ``data.split_seed``, given as ``--val-fraction`` / ``--split-seed``): ``val`` gives PPO
+  validation's held-out prompts (best-of-n against the same prompts as the RL curve), ``train`` the prompts new
+  labels may come from without touching them.
 - **Prompt format**: the one the export records (``prompt_format`` in ``lit_instruct.json``), so the policy is asked
   as it was trained; a plain Hugging Face directory gets its tokenizer's chat template if it has one, else the default
   text template (``Human: {prompt}\\n\\nAssistant:``). Prompts longer than the context less ``--max-new-tokens`` are
@@ -36,11 +40,15 @@ from lit_instruct.data.prompt_format import (
     DEFAULT_TEMPLATE,
     PromptFormat,
     check_prompt_field,
+    prompt_key,
 )
-from lit_instruct.data.records import check_range, read_rows
+from lit_instruct.data.records import check_range, read_rows, split
 from lit_instruct.models.causal_lm import check_source, context_length
 from lit_instruct.models.export import read_metadata
 from lit_instruct.rollout import collate_prompts, generate
+
+#: ``--split``: every prompt, or one side of the deterministic by-prompt split PPO makes of the same file.
+SPLITS = ("all", "train", "val")
 
 
 def meta_path(out: str | Path) -> Path:
@@ -120,20 +128,27 @@ def sample_completions(model, tokenizer, prompt_ids: list[list[int]], ks: list[i
 
 def sample_export(export: str, prompts_file: str, out: str | Path, *, k: int = 4, max_new_tokens: int = 48,
                   temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 64,
-                  limit: Optional[int] = None, device: Optional[str] = None, progress: bool = True) -> dict:
-    """Sample ``k`` responses (a row's ``"k"`` overrides it) to each prompt of ``prompts_file`` (its first ``limit``
-    rows) from the policy ``export``; write the rows to ``out`` and the settings to ``OUT.meta.json``. Bad settings
-    and bad rows stop before the model loads. Returns the metadata written."""
+                  limit: Optional[int] = None, split_name: str = "all", val_fraction: float = 0.05, split_seed: int = 0,
+                  device: Optional[str] = None, progress: bool = True) -> dict:
+    """Sample ``k`` responses (a row's ``"k"`` overrides it) to each prompt of ``prompts_file`` (of its ``split_name``
+    split, then the first ``limit`` rows) from the policy ``export``; write the rows to ``out`` and the settings to
+    ``OUT.meta.json``. Bad settings and bad rows stop before the model loads. Returns the metadata written."""
     from lit_instruct.tools.tax import load_policy
 
     check_settings(k, max_new_tokens, temperature, top_p, batch_size, limit)
-    rows = read_rows(prompts_file, check_prompt_row)[:limit]
+    if split_name not in SPLITS:
+        raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {split_name!r}")
+    rows = read_rows(prompts_file, check_prompt_row)
+    if split_name != "all":  # PPO's own split of a prompts file (PPODataModule: val_fraction, split_seed)
+        rows = split(rows, lambda r: prompt_key(r[1]["prompt"]), val_fraction, split_seed)[SPLITS.index(split_name) - 1]
+    rows = rows[:limit]
     check_source(export)
     if not (Path(export) / "config.json").is_file():
         raise FileNotFoundError(f"{export}: not a model directory (no config.json): give a policy export or a Hugging Face causal LM directory")
     settings = {"export": str(export), "export_stage": read_metadata(export).get("stage"), "prompts_file": str(prompts_file),
                 "k": k, "k_from_rows": sum("k" in row for _, row in rows), "max_new_tokens": max_new_tokens,
-                "temperature": temperature, "top_p": top_p, "seed": seed, "batch_size": batch_size, "limit": limit}
+                "temperature": temperature, "top_p": top_p, "seed": seed, "batch_size": batch_size, "limit": limit,
+                "split": split_name, **({"val_fraction": val_fraction, "split_seed": split_seed} if split_name != "all" else {})}
     print("lit-instruct sample: " + ", ".join(f"{name} {value}" for name, value in settings.items()), flush=True)
     start = time.perf_counter()
     model, tokenizer = load_policy(export, device=device)
@@ -180,7 +195,13 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling, in (0, 1] (default 1: off)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
     parser.add_argument("--batch-size", type=int, default=64, help="responses per generate call (default 64)")
-    parser.add_argument("--limit", type=int, help="only the first N prompts")
+    parser.add_argument("--limit", type=int, help="only the first N prompts (of the split)")
+    parser.add_argument("--split", choices=SPLITS, default="all",
+                        help="all prompts (default), or the training or held-out side of PPO's split of the file: the "
+                             "held-out side is PPO validation's prompts (best-of-n), the training side is for new labels")
+    parser.add_argument("--val-fraction", type=float, default=0.05, help="with --split: PPO's data.val_fraction (default 0.05)")
+    parser.add_argument("--split-seed", type=int, default=0, help="with --split: PPO's data.split_seed (default 0)")
     args = parser.parse_args(argv)
     sample_export(args.export, args.prompts, args.out, k=args.k, max_new_tokens=args.max_new_tokens,
-                  temperature=args.temperature, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size, limit=args.limit)
+                  temperature=args.temperature, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size, limit=args.limit,
+                  split_name=args.split, val_fraction=args.val_fraction, split_seed=args.split_seed)

@@ -14,6 +14,10 @@ lm-evaluation-harness where the run did not log it, cached as ``<run>/tax.json``
   seeds with its 95% Student-t interval as error bars, each run a faint dot;
 - ``study.md``: per cell the number of seeds n and mean ± half-width of each metric, then every run;
   ``study.json``: the per-run rows and the per-cell aggregates (:mod:`lit_instruct.tools.aggregate`).
+
+A folder of over-optimisation runs (PPO against proxy reward models with a ``gold_path``, and ``lit-instruct
+best-of-n`` results) gets Gao et al.'s gold-vs-proxy study instead: ``overoptimization.png`` / ``.md`` / ``.json``
+(:mod:`lit_instruct.tools.overoptimization`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ from lit_instruct.evaluation.harness import BUNDLED_TASKS, HEADLINE_KEYS, headli
 from lit_instruct.stages.ppo_settings import setting
 from lit_instruct.tools.aggregate import cell_aggregates, repeated_seeds
 from lit_instruct.tools.configs import load_config
+from lit_instruct.tools.overoptimization import (
+    has_overoptimization,
+    overoptimization_report,
+)
 from lit_instruct.tools.report import study_report, study_table
 
 #: The metrics every run must have to be studied (the plotted ones); the rest of ``METRICS`` is taken
@@ -131,12 +139,33 @@ def sft_baseline(rows: list[dict], cache: Path) -> dict | None:
     return baseline
 
 
+def proxy_baselines(rows: list[dict], cache: Path) -> dict[str, dict]:
+    """The SFT (reference) policy measured against each proxy reward model of the runs with a gold model, with the
+    first such run's own settings (so its gold score too): the initial point (d = 0) of every RL curve; cached."""
+    baselines = json.loads(cache.read_text()) if cache.is_file() else {}
+    for proxy in sorted({r["reward_model"] for r in rows if "gold_score" in r} - set(baselines)):
+        run = next(r for r in rows if r["reward_model"] == proxy and "gold_score" in r)
+        config = load_config(Path(run["folder"]) / "config.yaml")
+        model_args = config["model"]["init_args"]
+        reference = model_args.get("reference_name_or_path") or model_args["policy_name_or_path"]
+        print(f"[study] the initial policy against {proxy}", flush=True)
+        measured = measure_policy(model_args, config["data"]["init_args"], policy=reference, reference=reference,
+                                  reward_model=proxy, seed=config.get("seed_everything") or 1234, root=str(cache.parent))
+        baselines[proxy] = {"policy": reference, **{name: measured[name] for name in METRICS if name in measured}}
+        cache.write_text(json.dumps(baselines, indent=2) + "\n")
+    return baselines
+
+
 def study(folder: Path, out: Path | None = None, baseline: bool = True, tax: bool = False, tax_limit: int | None = None) -> dict:
     out = out or folder
     rows = gather(folder)
+    if has_overoptimization(folder, rows):  # gold vs proxy: its own plot and table, not the beta / gamma ablation
+        out.mkdir(parents=True, exist_ok=True)
+        baselines = proxy_baselines(rows, out / "overoptimization_baselines.json")
+        return overoptimization_report(folder, out, rows, baselines, f"over-optimisation: {folder.name}")
     if not rows:
         raise SystemExit(f"lit-instruct study: no finished PPO / PPO-ptx runs (export/lit_instruct.json with val/* "
-                         f"metrics) under {folder}")
+                         f"metrics) and no best-of-n results under {folder}")
     out.mkdir(parents=True, exist_ok=True)
     base = sft_baseline(rows, out / "sft_baseline.json") if baseline else None
     if tax:

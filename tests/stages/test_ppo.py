@@ -291,11 +291,16 @@ def test_validation_scores_with_a_held_apart_judge(tiny_exports, tmp_path):
     from helpers import gained_reward_model
 
     judge = gained_reward_model(tiny_exports / "sft", tmp_path / "judge")
-    with pytest.raises(ValueError, match="held apart"):
-        make(tiny_exports, judge_path=str(tiny_exports / "rm"))
-    module = make(tiny_exports, judge_path=str(judge))
+    for role in ("judge", "gold"):
+        with pytest.raises(ValueError, match=f"{role}_path .* held apart"):
+            make(tiny_exports, **{f"{role}_path": str(tiny_exports / "rm")})
+    # Gao et al.'s gold model scores the same responses as the judge, under its own name: the same model, the same score.
+    module = make(tiny_exports, judge_path=str(judge), gold_path=str(judge))
     metrics = trainer(tmp_path, 1).validate(module, data(), verbose=False)[0]
-    assert {"val/judge_score", "val/reward_model_score", "val/eos_fraction", "val/score"} <= set(metrics)
+    assert {"val/judge_score", "val/gold_score", "val/reward_model_score", "val/eos_fraction", "val/score"} <= set(metrics)
     assert 0.0 <= metrics["val/eos_fraction"] <= 1.0
     assert metrics["val/judge_score"] != metrics["val/reward_model_score"]  # another model's opinion
-    assert "val/judge_score" not in trainer(tmp_path, 1).validate(make(tiny_exports), data(), verbose=False)[0]
+    assert metrics["val/gold_score"] == pytest.approx(metrics["val/judge_score"], abs=1e-6)
+    assert metrics["val/sqrt_kl"] == pytest.approx(max(metrics["val/kl"], 0.0) ** 0.5, rel=1e-5)
+    plain = trainer(tmp_path, 1).validate(make(tiny_exports), data(), verbose=False)[0]
+    assert "val/judge_score" not in plain and "val/gold_score" not in plain

@@ -7,10 +7,10 @@ import math
 import random
 
 import pytest
-from helpers import CONFIGS, run_cli, tiny_overrides, write_jsonl
+from helpers import CONFIGS, quiet_trainer, run_cli, tiny_overrides, write_jsonl
 
 import lit_instruct.tools.label as label_tool
-from lit_instruct import RewardModel
+from lit_instruct import PPODataModule, PPOModule, RewardModel
 from lit_instruct.data.problems import DataError
 from lit_instruct.data.rankings import check_ranked_row
 from lit_instruct.tools.cli import main as cli_main
@@ -162,7 +162,10 @@ def test_bad_input_stops_before_the_judge_loads(tiny_exports, tmp_path, capsys, 
     assert not (tmp_path / "o.jsonl").exists()
 
 
-def test_sampled_and_labelled_rows_train_the_reward_stage(tiny_exports, tmp_path):
+def test_the_iterated_loop_sample_label_reward_model_ppo(tiny_exports, tmp_path):
+    """The paper's loop (section 3.1, "steps 2 and 3 can be iterated"), as docs/overoptimization/README.md runs it:
+    the policy's samples, ranked by a judge, train a reward model through the reward stage's CLI, and PPO optimises
+    the policy against that new reward model, with the judge scoring its validation as the gold model."""
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Tell me one fact about the number {i}."} for i in range(6)])
     sample_export(str(tiny_exports / "sft"), prompts, tmp_path / "samples.jsonl", k=3, max_new_tokens=8, seed=0, progress=False)
     meta = label_file(str(tmp_path / "samples.jsonl"), str(tiny_exports / "rm"), tmp_path / "labels.jsonl", progress=False)
@@ -175,3 +178,12 @@ def test_sampled_and_labelled_rows_train_the_reward_stage(tiny_exports, tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
     rm = RewardModel.from_pretrained(tmp_path / "rm" / "export")
     assert rm.normalization["rows"] == 8 and rm.score(["Say hi"], ["hi"]).shape == (1,)
+    ppo = PPOModule(str(tiny_exports / "sft"), str(tmp_path / "rm" / "export"), gold_path=str(tiny_exports / "rm"),
+                    sampling={"max_new_tokens": 6}, ppo={"minibatch_size": 4}, ptx={"ptx_coef": 0.0}, missing_eos_penalty=None,
+                    warmup_steps=0, num_sample_prompts=0)
+    data = PPODataModule(rollout_batch_size=4, max_prompt_tokens=48, max_val_prompts=4, val_batch_size=4,
+                         max_val_pretrain_blocks=2)
+    quiet_trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, val_check_interval=1, num_sanity_val_steps=0,
+                  default_root_dir=tmp_path / "ppo", enable_checkpointing=False).fit(ppo, data)
+    assert ppo.episodes == 4
+    assert {"val/gold_score", "val/sqrt_kl"} <= set(ppo.trainer.callback_metrics)
