@@ -113,9 +113,17 @@ def test_lightning_reads_ranks_and_world_from_the_launcher(launcher, monkeypatch
         SLURMEnvironment,
         TorchElasticEnvironment,
     )
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+    from lightning_utilities.core.rank_zero import (
+        rank_zero_only as utils_rank_zero_only,
+    )
 
-    for key in [k for k in os.environ if k.startswith(("SLURM_", "TORCHELASTIC_"))] + ["RANK", "LOCAL_RANK", "WORLD_SIZE"]:
-        monkeypatch.delenv(key, raising=False)
+    for function in (rank_zero_only, utils_rank_zero_only):  # the trainer sets this process's rank globally: put it back
+        monkeypatch.setattr(function, "rank", function.rank)
+    ours = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"]  # Lightning's SLURMEnvironment sets the last two
+    for key in [k for k in os.environ if k.startswith(("SLURM_", "TORCHELASTIC_"))] + ours:
+        monkeypatch.setenv(key, "")  # recorded, so that teardown removes whatever the trainer leaves here
+        monkeypatch.delenv(key)
     for key, value in CLUSTERS[launcher].items():
         monkeypatch.setenv(key, value)
     trainer = L.Trainer(accelerator="cpu", devices=2, num_nodes=2, strategy="ddp", logger=False)
