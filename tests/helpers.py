@@ -140,3 +140,20 @@ def gained_reward_model(sft: Path, out: Path, rows: int = 24, max_new_tokens: in
     data.connect(module.tokenizer, 128)
     module.normalize(data.demonstrations(), data.policy_prompts())
     return module.export(out)
+
+
+def ppo_flags(exports: Path, root: Path, *flags: str) -> tuple[str, ...]:
+    """``lit-instruct fit`` flags of the tiny PPO-ptx config on ``exports`` (the session's ``tiny_exports``), shrunk:
+    4 prompts an iteration, 2 minibatches, a checkpoint every 2 iterations, run folder ``root``; ``flags`` last."""
+    return ("--config", str(CONFIGS / "ppo/tiny.yaml"),
+            "--model.policy_name_or_path", str(exports / "sft"), "--model.reward_model_path", str(exports / "rm"),
+            "--model.sampling.max_new_tokens", "6", "--model.ppo.minibatch_size", "2",
+            "--model.ptx.examples_per_episode", "1",
+            "--model.num_sample_prompts", "0", "--model.warmup_steps", "0",
+            "--data.rollout_batch_size", "4", "--data.max_prompt_tokens", "48", "--data.ptx_block_size", "32",
+            "--data.max_val_prompts", "4", "--data.val_batch_size", "4", "--data.max_val_pretrain_blocks", "2",
+            "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
+            "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+            "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint",
+            "--trainer.callbacks.every_n_train_steps", "4", "--trainer.callbacks.save_last", "true",
+            "--trainer.default_root_dir", str(root), *flags)

@@ -132,3 +132,34 @@ class GatheredGeneration(L.Callback):
         if rank == 0:
             with open(self.out, "w") as f:
                 json.dump(record, f)
+
+
+class StreamRecorder(L.Callback):
+    """Writes ``<out>/rank<global rank>.json``: the prompts (token ids) of each PPO iteration and the ptx blocks of each
+    minibatch this process took, and PPO's state when training started (after any resume), as
+    ``{"prompts": [[prompt, ...], ...], "ptx": [[block, ...], ...], "start": {"episodes": ..., "kl_coef": ...}}``."""
+
+    def __init__(self, out: str) -> None:
+        self.out, self.record = out, {"prompts": [], "ptx": []}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.record["start"] = {"episodes": pl_module.episodes, "kl_coef": pl_module.kl_controller.value}
+        datamodule, ptx_batch = trainer.datamodule, trainer.datamodule.ptx_batch
+
+        def recorded(n):
+            batch = ptx_batch(n)
+            self.record["ptx"].append(batch["input_ids"].tolist())
+            return batch
+
+        datamodule.ptx_batch = recorded
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if not pl_module._done():
+            self.record["prompts"].append([list(p) for p in batch])
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        import json
+        from pathlib import Path
+
+        Path(self.out).mkdir(parents=True, exist_ok=True)
+        (Path(self.out) / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.record))

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 import torch
-from helpers import CONFIGS, run_cli
+from helpers import CONFIGS, ppo_flags, run_cli
 from safetensors.torch import load_file
 
 
@@ -16,21 +16,6 @@ def ppo(exports, root, *flags):
     """The tiny PPO-ptx config on the session's ``tiny_exports``, shrunk: 4 prompts an iteration, 2 minibatches, a
     checkpoint every 2 iterations."""
     return run_cli("fit", *ppo_flags(exports, root, *flags), env={"PYTHONPATH": str(CONFIGS.parent / "tests")})
-
-
-def ppo_flags(exports, root, *flags):
-    return ( "--config", str(CONFIGS / "ppo/tiny.yaml"),
-                   "--model.policy_name_or_path", str(exports / "sft"), "--model.reward_model_path", str(exports / "rm"),
-                   "--model.sampling.max_new_tokens", "6", "--model.ppo.minibatch_size", "2",
-                   "--model.ptx.examples_per_episode", "1",
-                   "--model.num_sample_prompts", "0", "--model.warmup_steps", "0",
-                   "--data.rollout_batch_size", "4", "--data.max_prompt_tokens", "48", "--data.ptx_block_size", "32",
-                   "--data.max_val_prompts", "4", "--data.val_batch_size", "4", "--data.max_val_pretrain_blocks", "2",
-                   "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
-                   "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-                   "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint",
-                   "--trainer.callbacks.every_n_train_steps", "4", "--trainer.callbacks.save_last", "true",
-                   "--trainer.default_root_dir", str(root), *flags)
 
 
 def weights(export):

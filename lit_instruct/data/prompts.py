@@ -6,7 +6,7 @@ import random
 from typing import Literal, Optional
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
 from lit_instruct.data.batching import LMCollator
 from lit_instruct.data.module import PromptDataModule, Stats
@@ -18,29 +18,9 @@ from lit_instruct.data.prompt_format import (
     check_prompt_field,
 )
 from lit_instruct.data.records import check_range
+from lit_instruct.data.streams import PromptStream, ptx_indices
 from lit_instruct.models.causal_lm import context_length
 from lit_instruct.models.export import read_metadata
-
-
-class PromptStream(IterableDataset):
-    """Endless batches of prompts, reshuffled each pass, resumable: ``start`` batches are skipped.
-
-    Each global batch of ``batch_size * world_size`` prompts is split across processes.
-    """
-
-    def __init__(self, prompts: list[list[int]], batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
-        self.prompts, self.batch_size, self.seed, self.rank, self.world_size = prompts, batch_size, seed, rank, world_size
-        self.start = 0
-
-    def __iter__(self):
-        per_pass = max(1, len(self.prompts) // (self.batch_size * self.world_size))
-        index = self.start
-        while True:
-            order = list(range(len(self.prompts)))
-            random.Random(self.seed + index // per_pass).shuffle(order)
-            offset = (index % per_pass) * self.batch_size * self.world_size + self.rank * self.batch_size
-            yield [self.prompts[order[(offset + i) % len(order)]] for i in range(self.batch_size)]
-            index += 1
 
 
 class PPODataModule(PromptDataModule):
@@ -67,6 +47,10 @@ class PPODataModule(PromptDataModule):
         ptx_block_size: Tokens per pretraining sequence.
         max_val_pretrain_blocks: Held-out pretraining blocks in the validation LM loss.
         seed: Seed of the prompt and pretraining streams.
+
+    The training prompts and the ptx blocks are global streams (:mod:`lit_instruct.data.streams`): the state saved in
+    checkpoints is how many prompts (``consumed_prompts``) and ptx blocks (``consumed_ptx_blocks``) all processes
+    have consumed together, so a run resumes on any number of processes at the next unconsumed prompt and block.
     """
 
     name = "ppo"
@@ -107,8 +91,9 @@ class PPODataModule(PromptDataModule):
         self.val_prompts: list[list[int]] = []
         self.ptx_blocks: list[dict] = []
         self.val_blocks: list[dict] = []
-        self.consumed_rollouts = 0
-        self.consumed_ptx = 0
+        self.consumed_prompts = 0  # global stream positions (all processes together); PPO advances the first
+        self.consumed_ptx_blocks = 0
+        self._legacy_ptx_calls: Optional[int] = None
 
     def connect(self, tokenizer=None, max_length: Optional[int] = None, needs_ptx: bool = True) -> None:
         """:meth:`DataModule.connect <lit_instruct.data.module.DataModule.connect>`, and whether the ptx term is on
@@ -162,27 +147,36 @@ class PPODataModule(PromptDataModule):
                  f"tokens from {h.pretrain_file}; {len(self.val_prompts)} prompts scored at each validation")
 
     # ------------------------------------------------------------------ streams
+    def _rank_and_world(self) -> tuple[int, int]:
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+
     def ptx_batch(self, n: int) -> dict[str, torch.Tensor]:
-        """The next ``n`` pretraining blocks for this process (a resumable stream over the training documents)."""
-        rank = self.trainer.global_rank if self.trainer is not None else 0
-        world = self.trainer.world_size if self.trainer is not None else 1
-        start = (self.consumed_ptx * world + rank) * n
-        self.consumed_ptx += 1
-        blocks = [self.ptx_blocks[(start + i) % len(self.ptx_blocks)] for i in range(n)]
+        """This process's next ``n`` pretraining blocks from the global ptx stream. Every process calls it at the same
+        time with the same ``n`` (one PPO minibatch each), so the call consumes ``n * world_size`` blocks."""
+        rank, world = self._rank_and_world()
+        if self._legacy_ptx_calls is not None:  # a checkpoint that counted calls of this process: the same n then
+            self.consumed_ptx_blocks, self._legacy_ptx_calls = self._legacy_ptx_calls * n * world, None
+        blocks = [self.ptx_blocks[i] for i in ptx_indices(self.consumed_ptx_blocks, n, rank, world, len(self.ptx_blocks))]
+        self.consumed_ptx_blocks += n * world
         return LMCollator(self.tokenizer.pad_token_id)(blocks)
 
     def state_dict(self) -> dict:
-        return {"consumed_rollouts": self.consumed_rollouts, "consumed_ptx": self.consumed_ptx}
+        return {"consumed_prompts": self.consumed_prompts, "consumed_ptx_blocks": self.consumed_ptx_blocks,
+                "world_size": self._rank_and_world()[1]}  # the world size is informative: the positions are global
 
     def load_state_dict(self, state: dict) -> None:
-        self.consumed_rollouts = state["consumed_rollouts"]
-        self.consumed_ptx = state["consumed_ptx"]
+        """Load stream positions; a checkpoint from before the global streams (``consumed_rollouts`` and
+        ``consumed_ptx`` counted per process) is read as having run on today's number of processes."""
+        if "consumed_prompts" in state:
+            self.consumed_prompts, self.consumed_ptx_blocks = state["consumed_prompts"], state["consumed_ptx_blocks"]
+            return
+        self.consumed_prompts = state["consumed_rollouts"] * self.hparams.rollout_batch_size * self._rank_and_world()[1]
+        self._legacy_ptx_calls = state["consumed_ptx"]
 
     def train_dataloader(self) -> DataLoader:
-        rank = self.trainer.global_rank if self.trainer is not None else 0
-        world = self.trainer.world_size if self.trainer is not None else 1
-        stream = PromptStream(self.train_prompts, self.hparams.rollout_batch_size, self.hparams.seed, rank, world)
-        stream.start = self.consumed_rollouts
+        rank, world = self._rank_and_world()
+        stream = PromptStream(self.train_prompts, self.hparams.rollout_batch_size, self.hparams.seed, rank, world,
+                              start=self.consumed_prompts)
         return DataLoader(stream, batch_size=None, generator=torch.Generator())  # leaves the global stream alone
 
     def val_dataloader(self) -> list[DataLoader]:

@@ -285,7 +285,7 @@ class PPOModule(Stage):
         self.kl_controller.update(float(kl_per_response), episodes)
         self.episodes += episodes
         if self.trainer.datamodule is not None:
-            self.trainer.datamodule.consumed_rollouts += 1
+            self.trainer.datamodule.consumed_prompts += episodes  # the global prompt stream's position
         log_iteration(self, rollout, rewards, returns, kl_per_response, stats, episodes, rollout_seconds, update_seconds)
         self.lr_schedulers().step()
         if self._done():

@@ -50,6 +50,26 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def all_rng_states() -> list[dict[str, Any]]:
+    """Every process's :func:`rng_states`, by global rank (a collective when several processes run: call it on all)."""
+    states = rng_states()
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_world_size() == 1:
+        return [states]
+    gathered: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, states)
+    return gathered
+
+
+def rank_rng_states(checkpoint: dict[str, Any], rank: int) -> Optional[dict[str, Any]]:
+    """The random-number states process ``rank`` resumes with: its own when the checkpoint's run had that rank;
+    on more processes than that run, rank ``r`` takes saved rank ``r mod W`` (a fresh run seeds every rank alike).
+    Checkpoints from before the per-rank states hold rank 0's only (``rng_states``)."""
+    per_rank = checkpoint.get("rng_states_per_rank")
+    if per_rank:
+        return per_rank[rank % len(per_rank)]
+    return checkpoint.get("rng_states")
+
+
 def default_optimizer(params, lr: float = 1e-4) -> torch.optim.Optimizer:
     """AdamW with the paper's betas (0.9, 0.95). Override with any ``class_path`` under ``model.optimizer``."""
     return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
@@ -146,14 +166,15 @@ class Stage(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lit_instruct"] = {"class_path": class_path(self), "stage": self.stage}
-        checkpoint["rng_states"] = rng_states()
+        checkpoint["rng_states_per_rank"] = all_rng_states()  # every process's: a multi-process resume is exact
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the random-number states to put back just before the first training step after a resume (not now:
-        building the data loaders draws from them), so that a resumed run samples what the uninterrupted one did.
+        building the data loaders draws from them), so that a resumed run samples what the uninterrupted one did
+        (each process its own states: :func:`rank_rng_states`).
         Checkpoints from before the reward shift became a float (and the reward head lost its always-zero bias)
         still load."""
-        self._rng_to_restore = checkpoint.get("rng_states")
+        self._rng_to_restore = rank_rng_states(checkpoint, self.global_rank)
         state = checkpoint.get("state_dict", {})
         own = self.state_dict()
         for key in [k for k in state if k not in own and (k.endswith("reward_shift") or k.endswith("head.bias"))]:

@@ -85,7 +85,8 @@ def test_resume_restores_the_ppo_state(tiny_exports, tmp_path):
     t2 = trainer(tmp_path, 3, enable_checkpointing=False)
     t2.fit(resumed, dm2, ckpt_path=tmp_path / "ck" / "last.ckpt")
     assert state["ppo_state"]["episodes"] == 16 and resumed.episodes == 24
-    assert dm2.consumed_rollouts == 3 and dm2.consumed_ptx > dm.consumed_ptx  # the streams went on, not restarted
+    assert dm2.consumed_prompts == 24 and dm2.consumed_ptx_blocks > dm.consumed_ptx_blocks  # went on, not restarted
+    assert state["PPODataModule"]["consumed_prompts"] == 16  # global positions: prompts of all processes together
     policy = {k: v for k, v in state["state_dict"].items() if k.startswith("policy.")}
     assert policy and state["optimizer_states"][0]["state"]  # policy weights and Adam moments were saved
 
