@@ -20,13 +20,13 @@ for n in 150 300 595; do
     --trainer.logger lightning.pytorch.loggers.CSVLogger --trainer.logger.save_dir $out/proxy-$n --overwrite true
 done
 
-# 3. best-of-n: 16 samples per held-out prompt (PPO validation's prompts), picked by each proxy, scored by gold
-lit-instruct sample $sft --prompts bundled:prompts.jsonl --split val --k 16 --max-new-tokens 32 --seed 2 \
+# 3. best-of-n: 32 samples per held-out prompt (PPO validation's prompts), picked by each proxy, scored by gold
+lit-instruct sample $sft --prompts bundled:prompts.jsonl --split val --k 32 --max-new-tokens 32 --seed 2 \
   --out $out/bon/sft_samples_val.jsonl
 lit-instruct best-of-n $out/bon/sft_samples_val.jsonl --gold $gold --proxy $out/proxy-150/export \
   --proxy $out/proxy-300/export --proxy $out/proxy-595/export --out $out/bon/best_of_n.json
 
-# 4. RL: plain PPO, no KL penalty, against each proxy, the gold model scoring every validation; 2 seeds
+# 4. RL: plain PPO, no KL penalty, against each proxy, the gold model scoring every validation; 3 seeds
 lit-instruct sweep sweeps/overoptimization_tiny.yaml --out $out/rl
 
 # 5. the study: gold and proxy vs sqrt(KL), Gao et al.'s fits, the KL at the fitted gold peak

@@ -62,6 +62,10 @@ def check_ranked_row(row: dict) -> Optional[str]:
             return f"ranking[{i}] must be in [0, 2**31) (0 = best), got {r}"
     if len(set(ranking)) == 1:
         return f"all {len(ranking)} completions are tied: no comparison to learn from"
+    ended = row.get("ended")
+    if ended is not None and (not isinstance(ended, list) or len(ended) != len(completions)
+                              or not all(isinstance(e, bool) for e in ended)):
+        return f"'ended' must be a list of {len(completions)} booleans (one per completion), got {ended!r}"
     return None
 
 
@@ -177,7 +181,9 @@ class RewardDataModule(PromptDataModule):
 
     Rows are ``{"prompt", "completions": [...], "ranking": [...]}`` (``ranking[i]`` is the rank of
     ``completions[i]``, 0 = best, equal = tie) or ``{"prompt", "chosen", "rejected"}``. A batch element is one
-    prompt with all of its completions.
+    prompt with all of its completions. An optional ``"ended": [bool, ...]`` (``lit-instruct label`` keeps what
+    ``lit-instruct sample`` recorded) marks completions sampled without reaching EOS: they are encoded without EOS, so
+    the reward is read at their last token, as PPO's rollout reads a cut response.
 
     Args:
         train_file: Rankings or pairs (``bundled:rank.jsonl``, ``bundled:pairs.jsonl``): JSONL, JSON, Parquet,
@@ -261,7 +267,8 @@ class RewardDataModule(PromptDataModule):
         prompt_ids = self.tokenizer(fmt.prompt(prompt), add_special_tokens=False)["input_ids"]
         if self.max_length - len(prompt_ids) < self.hparams.min_completion_tokens:
             return overlong_prompt(len(prompt_ids), self.max_length, "completions")
-        encoded = [encode_pair(self.tokenizer, prompt_ids, c, self.max_length, fmt) for c in completions]
+        ended = row.get("ended") or [True] * len(completions)  # sampled responses cut at the length limit: no EOS
+        encoded = [encode_pair(self.tokenizer, prompt_ids, c, self.max_length, fmt, eos=e) for c, e in zip(completions, ended)]
         cut = [was_cut for _, was_cut in encoded]
         one, both = count_cut_comparisons(ranks, cut)
         stats.completions += len(encoded)

@@ -4,7 +4,8 @@ reward stage trains on: the second step of the paper's iterated loop, and Gao et
     lit-instruct label runs/loop/samples.jsonl --judge runs/pipeline/judge/export --out runs/loop/labels.jsonl
 
 Reads ``{"prompt", "completions": [...]}`` rows (what ``lit-instruct sample`` writes, with ``"ended"``: a completion
-that did not end with EOS is scored without it, as PPO scores a cut response; any other field is ignored),
+that did not end with EOS is scored without it, as PPO scores a cut response, and the written row keeps ``"ended"``
+so that the reward stage trains on it without EOS too; any other field is ignored),
 writes ``{"prompt", "completions", "ranking", "scores"}`` rows (``ranking[i]``: the rank of ``completions[i]``, 0 = best,
 equal ranks tie; ``scores[i]``: the judge's normalised score) and ``OUT.meta.json`` with the judge, the settings, the
 counts and the sampling metadata of the input (its ``.meta.json``, when there is one); the counts are printed too.
@@ -165,16 +166,16 @@ def label_file(file: str, judge: str, out: str | Path, *, tie_margin: float = 0.
     kept = []  # (prompt, completions, ended), blank completions left out
     for _, row in rows:
         pairs = [(c, e) for c, e in zip(row["completions"], row.get("ended") or [True] * len(row["completions"])) if c.strip()]
-        kept.append((row["prompt"], [c for c, _ in pairs], [e for _, e in pairs]))
+        kept.append((row["prompt"], [c for c, _ in pairs], [e for _, e in pairs] if "ended" in row else None))
     too_few = sum(len(c) < 2 for _, c, _ in kept)
     kept = [item for item in kept if len(item[1]) >= 2]
     scored = score_rows(model, kept, batch_size, progress) if kept else []
-    labelled = [(p, c, s, rank_scores(s, tie_margin)) for (p, c, _), s in zip(kept, scored)]
+    labelled = [(p, c, e, s, rank_scores(s, tie_margin)) for (p, c, e), s in zip(kept, scored)]
     all_tied = sum(len(set(r)) == 1 for *_, r in labelled)
-    labelled = [item for item in labelled if len(set(item[3])) > 1]
+    labelled = [item for item in labelled if len(set(item[4])) > 1]
     rankings, flipped = add_label_noise([r for *_, r in labelled], noise, random.Random(seed))
-    written = [{"prompt": p, "completions": c, "ranking": r, "scores": s, **({"flipped": f} if noise > 0 else {})}
-               for (p, c, s, _), r, f in zip(labelled, rankings, flipped)]
+    written = [{"prompt": p, "completions": c, **({"ended": e} if e is not None else {}), "ranking": r, "scores": s,
+                **({"flipped": f} if noise > 0 else {})} for (p, c, e, s, _), r, f in zip(labelled, rankings, flipped)]
     counts = {"rows_in": len(rows), "rows_written": len(written), "rows_all_tied": all_tied, "rows_too_few_completions": too_few,
               "completions_blank": blank, "rows_flipped": sum(flipped)}
     if all_tied:

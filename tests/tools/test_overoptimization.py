@@ -75,6 +75,24 @@ def test_a_response_that_never_ended_is_scored_without_eos_as_ppo_scores_it(tiny
         rm.score(prompts, completions, ended=[True])
 
 
+def test_the_reward_stage_reads_a_cut_completion_without_eos(tiny_exports, tmp_path, tokenizer):
+    """Labelled rows keep ``ended``: the reward stage encodes a completion sampled without EOS without it, and
+    refuses an ``ended`` that does not match the completions."""
+    from lit_instruct import RewardDataModule
+    from lit_instruct.data.rankings import check_ranked_row
+
+    row = {"prompt": "Say hello.", "completions": ["Hello there", "Goodbye"], "ranking": [0, 1], "ended": [False, True]}
+    data = RewardDataModule(train_file=write_jsonl(tmp_path / "r.jsonl", [row]), max_length=64)
+    data.connect(tokenizer, 64)
+    from lit_instruct.data.module import Stats
+
+    encoded = data.encode(row, data.prompt_format(), Stats())
+    first, second = encoded["input_ids"]
+    assert first[-1] != tokenizer.eos_token_id and second[-1] == tokenizer.eos_token_id
+    assert "'ended' must be a list of 2 booleans" in check_ranked_row({**row, "ended": [True]})
+    assert check_ranked_row(row) is None
+
+
 def test_best_of_n_refuses_bad_input_before_loading(tiny_exports, tmp_path, capsys, monkeypatch):
     import lit_instruct.tools.best_of_n as tool
 
