@@ -26,7 +26,7 @@ lit-instruct sample $sft --prompts bundled:prompts.jsonl --split val --k 32 --ma
 lit-instruct best-of-n $out/bon/sft_samples_val.jsonl --gold $gold --proxy $out/proxy-150/export \
   --proxy $out/proxy-300/export --proxy $out/proxy-595/export --out $out/bon/best_of_n.json
 
-# 4. RL: plain PPO, no KL penalty, against each proxy, the gold model scoring every validation; 3 seeds
+# 4. RL: plain PPO, no KL penalty, against each proxy, the gold model scoring every validation; 2 seeds; the proxy alone (no EOS penalty)
 lit-instruct sweep sweeps/overoptimization_tiny.yaml --out $out/rl
 
 # 5. the study: gold and proxy vs sqrt(KL), Gao et al.'s fits, the KL at the fitted gold peak
