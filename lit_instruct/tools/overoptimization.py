@@ -131,14 +131,18 @@ def plot(rl: list[dict], bon: list[dict], path: Path, title: str) -> None:
 def _fit_cells(fit: dict | None) -> str:
     if not fit:
         return "| – | – | – |"
-    peak = "never (b <= 0)" if math.isinf(fit["kl_peak"]) else f"{fit['kl_peak']:.3g}"
+    if fit["a"] <= 0:  # the fitted curve starts downward: its only "peak" is a sliver above d = 0
+        peak = "none: falls from the start (a <= 0)"
+    else:
+        peak = "never (b <= 0)" if math.isinf(fit["kl_peak"]) else f"{fit['kl_peak']:.3g}"
     return f"| {fit['a']:+.3f} | {fit['b']:+.4f} | {peak} |"
 
 
 def markdown(rl: list[dict], bon: list[dict]) -> list[str]:
     lines = ["## Over-optimisation: gold vs proxy (Gao et al. 2022)", "",
              "Scores are gains over the initial (SFT) policy; d = sqrt(KL) in sqrt(nats). The fitted gold score peaks at "
-             "the KL in the fourth column (RL: d* = exp(a/b - 1); best-of-n: d* = a / 2b).", "",
+             "the KL in the sixth column (RL: d* = exp(a/b - 1); best-of-n: d* = a / 2b); with a <= 0 the fitted gold "
+             "score falls from the initial policy on.", "",
              "| method | proxy | points | a | b | KL at the fitted gold peak (nats) | best gold gain observed | at KL | final proxy gain | final gold gain |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for curve in rl:

@@ -175,3 +175,12 @@ def test_the_study_draws_and_fits_gold_and_proxy_for_rl_and_best_of_n(tmp_path, 
     assert "| RL (2 run(s)) | a | 7 | +0.900 | +0.3000 |" in md and "| best-of-n (K 16, 20 prompts) | a | 5 | +1.200 | +0.5000 |" in md
     study_tool.study(runs, out)  # the initial policy's measurement is cached
     assert len(calls) == 1
+
+
+def test_a_fit_that_starts_downward_reports_no_peak():
+    """RL's form with a <= 0 only rises over a sliver above d = 0: no peak is reported, and none for b <= 0."""
+    from lit_instruct.tools.overoptimization import _fit_cells
+
+    assert "falls from the start" in _fit_cells({"a": -0.3, "b": 0.15, "d_peak": 0.05, "kl_peak": 0.0026})
+    assert "never (b <= 0)" in _fit_cells({"a": 0.5, "b": -0.1, "d_peak": math.inf, "kl_peak": math.inf})
+    assert "| 1.44 |" in _fit_cells({"a": 1.2, "b": 0.5, "d_peak": 1.2, "kl_peak": 1.44})
