@@ -28,6 +28,7 @@ rest (advantages and the update); a CUDA synchronize closes each timed part on b
     python benchmarks/ppo_gpu.py --tiny                                   # CPU or GPU smoke: a tiny GPT-NeoX
     python benchmarks/ppo_gpu.py --batch 32 --minibatch 8 --gradient-checkpointing --precision bf16-mixed
     python benchmarks/ppo_gpu.py --batch 32 --minibatch 8 --precision bf16-true --models /tmp/ppo-gpu-models
+    python benchmarks/ppo_gpu.py --batch 32 --minibatch 8 --gradient-checkpointing --lora 16 --tag lora16   # LoRA
 
 Each side's worker spent 40-55 s beyond its iterations (warm-up included) at this shape on an H100 (imports,
 loading four models, data and trainer set-up): keep ``--side-timeout`` well above that plus the iterations.
@@ -181,6 +182,7 @@ def worker_lit(folder: Path, args) -> dict:
         load_dtype="bfloat16" if true_bf16 else "float32", frozen_dtype="bfloat16", export_dtype="bfloat16",
         gradient_checkpointing=args.gradient_checkpointing, num_sample_prompts=0,
         export_dir=str(folder / f"lit-export-{os.getpid()}"),
+        lora=lora_settings(args),
     )
     module.policy.generation_config.min_new_tokens = args.response_length  # no EOS before the last token: fixed work
     module.on_fit_end = lambda: None  # no export of the weights at the end (not timed either way; saves device time)
@@ -192,6 +194,16 @@ def worker_lit(folder: Path, args) -> dict:
                         default_root_dir=str(folder / "lit-run"))
     trainer.fit(module, data)
     return {"times": times, "splits": splits, "metrics": metrics}
+
+
+def lora_settings(args):
+    """lit-instruct's LoRA for ``--lora R``: adapters of rank R (alpha 2R, no dropout) on every linear layer of the
+    policy and of the critic (its value head in full); the reference is the policy with its adapters off."""
+    if not args.lora:
+        return None
+    from lit_instruct.models.lora import LoraSettings
+
+    return LoraSettings(r=args.lora, alpha=2 * args.lora, dropout=0.0)
 
 
 # ------------------------------------------------------------------------------------------------------------------ TRL
@@ -284,9 +296,15 @@ def worker_trl(folder: Path, args) -> dict:
                 self.is_gradient_checkpointing = False
 
         ppo_module.PolicyAndValueWrapper = PolicyAndValueWrapper
+    peft_config = None
+    if args.lora:  # TRL: adapters on the policy, the reference is the policy with them off; its critic trains in full
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=args.lora, lora_alpha=2 * args.lora, lora_dropout=0.0, target_modules="all-linear",
+                                 task_type="CAUSAL_LM")
     trainer = PPOTrainer(
-        args=config, processing_class=tokenizer, model=policy,
-        ref_model=AutoModelForCausalLM.from_pretrained(folder / "policy", dtype=torch.bfloat16),
+        args=config, processing_class=tokenizer, model=policy, peft_config=peft_config,
+        ref_model=None if args.lora else AutoModelForCausalLM.from_pretrained(folder / "policy", dtype=torch.bfloat16),
         reward_model=AutoModelForSequenceClassification.from_pretrained(folder / "reward", dtype=torch.bfloat16),
         value_model=value, train_dataset=dataset, callbacks=[Timer()],
     )
@@ -356,6 +374,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations at the start of each round")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--sides", default="lit,trl", help="comma-separated: lit, trl")
+    parser.add_argument("--lora", type=int, default=0, help="LoRA rank (0: full fine-tuning); lit: policy and critic, "
+                                                             "TRL: the policy (its critic in full); the reference is the policy, adapters off")
     parser.add_argument("--num-prompts", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", help="folder for the starting point (written once, reused if present); default: a temporary one")
