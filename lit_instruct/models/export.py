@@ -11,6 +11,7 @@ import json
 import shutil
 import tempfile
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -118,18 +119,27 @@ def save_export(model, tokenizer, out_dir: str | Path, metadata: dict, state_dic
     check_export_target(out)
     state_dict = state_dict if state_dict is not None else {k: v.detach().cpu() for k, v in model.state_dict().items()}
     state_dict = cast_state_dict(state_dict, as_dtype(dtype))
+    with export_folder(out, tokenizer, metadata) as tmp:
+        model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        set_config_dtype(tmp, dtype)
+    return out
+
+
+@contextmanager
+def export_folder(out: Path, tokenizer, metadata: dict):
+    """A temporary sibling of ``out`` for the block to write weights into; then the tokenizer and ``metadata`` go in
+    and it replaces ``out`` (:func:`_swap_in`). If anything fails, the temporary folder is removed and ``out`` is left
+    as it was."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.new-"))
     try:
-        model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
-        set_config_dtype(tmp, dtype)
+        yield tmp
         tokenizer.save_pretrained(tmp)
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str) + "\n")
         _swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
 
 
 def _swap_in(new: Path, out: Path) -> None:

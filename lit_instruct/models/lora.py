@@ -11,9 +11,6 @@ folder instead, for use outside lit-instruct (``PeftModel.from_pretrained(base, 
 from __future__ import annotations
 
 import copy
-import json
-import shutil
-import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +21,9 @@ from torch import nn
 
 from lit_instruct.models.causal_lm import EMBEDDED, bnb_config
 from lit_instruct.models.export import (
-    METADATA_FILE,
-    _swap_in,
     cast_state_dict,
     check_export_target,
+    export_folder,
     owning_storage,
 )
 from lit_instruct.strategies import is_zero3
@@ -267,18 +263,10 @@ def save_adapter_export(module: nn.Module, tokenizer, out_dir: str | Path, metad
     state_dict = cast_state_dict(state_dict, as_dtype(dtype))
     adapters = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix) and "lora_" in k}
     extra = {k: v.contiguous() for k, v in state_dict.items() if not k.startswith(prefix)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.new-"))
-    try:
+    with export_folder(out, tokenizer, metadata) as tmp:
         child.save_pretrained(tmp, state_dict=adapters)
         if extra:
             save_file(extra, tmp / EXTRA_WEIGHTS_FILE)
-        tokenizer.save_pretrained(tmp)
-        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str) + "\n")
-        _swap_in(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
