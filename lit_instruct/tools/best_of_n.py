@@ -59,6 +59,13 @@ def default_ns(k: int) -> list[int]:
     return sorted({2**i for i in range(int(math.log2(k)) + 1)} | {k})
 
 
+def peak_text(fit: dict) -> str:
+    """Where a fitted gold curve peaks, in words: the KL in nats, or why there is none."""
+    if fit["a"] <= 0:  # the fitted curve starts downward: its only "peak" is a sliver above d = 0
+        return "none: falls from the start (a <= 0)"
+    return "never (b <= 0)" if math.isinf(fit["kl_peak"]) else f"{fit['kl_peak']:.3g}"
+
+
 def mean_and_sem(values: torch.Tensor) -> tuple[float, float]:
     """The mean over prompts and its standard error (0 for a single prompt)."""
     m = values.numel()
@@ -117,8 +124,7 @@ def best_of_n(samples: str, gold: str, proxies: list[str], out: str | Path, *, n
             print(f"  {p['n']:5d}  {p['kl']:9.3f}   {p['proxy_score']:+.3f}±{p['proxy_sem']:.3f}  {p['gold_score']:+.3f}±{p['gold_sem']:.3f}")
         if "gold" in curve["fit"]:
             f = curve["fit"]["gold"]
-            peak = "never (b <= 0)" if math.isinf(f["kl_peak"]) else f"{f['kl_peak']:.3g} nats"
-            print(f"  gold fit d(a - b d): a {f['a']:+.4g}, b {f['b']:+.4g}, fitted peak at KL {peak}")
+            print(f"  gold fit d(a - b d): a {f['a']:+.4g}, b {f['b']:+.4g}, fitted peak at KL (nats): {peak_text(f)}")
     print(f"wrote {out} ({len(rows)} prompts, K {k}, {result['seconds']} s)")
     return result
 

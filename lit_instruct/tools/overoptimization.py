@@ -19,13 +19,13 @@ peaks, the best gold score observed and where, per proxy and method) and ``overo
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
 from lit_instruct.objectives import fit_rl
 from lit_instruct.tools.best_of_n import TOOL as BEST_OF_N_TOOL
+from lit_instruct.tools.best_of_n import peak_text
 from lit_instruct.tools.plots import csv_log, figure
 
 #: What a validation row of a PPO run's CSV log gives a point: d, the proxy score, the gold score.
@@ -131,11 +131,7 @@ def plot(rl: list[dict], bon: list[dict], path: Path, title: str) -> None:
 def _fit_cells(fit: dict | None) -> str:
     if not fit:
         return "| – | – | – |"
-    if fit["a"] <= 0:  # the fitted curve starts downward: its only "peak" is a sliver above d = 0
-        peak = "none: falls from the start (a <= 0)"
-    else:
-        peak = "never (b <= 0)" if math.isinf(fit["kl_peak"]) else f"{fit['kl_peak']:.3g}"
-    return f"| {fit['a']:+.3f} | {fit['b']:+.4f} | {peak} |"
+    return f"| {fit['a']:+.3f} | {fit['b']:+.4f} | {peak_text(fit)} |"
 
 
 def markdown(rl: list[dict], bon: list[dict]) -> list[str]:
